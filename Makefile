@@ -1,0 +1,44 @@
+# Spiral: `make up` starts the platform, `make test` runs the whole suite. Both install what is missing.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PROFILE ?= default
+export SPIRAL_PROFILE ?= $(PROFILE)
+
+.PHONY: help bootstrap up down status logs test proto lint-proto bench render
+
+help:
+	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
+
+# Re-run the installer whenever the dependency pins change.
+.venv/.bootstrapped: pyproject.toml constraints.txt scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+
+bootstrap: .venv/.bootstrapped
+
+up: bootstrap
+	$(PY) -m deploy.spiralctl up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m deploy.spiralctl down; fi
+
+status: bootstrap
+	$(PY) -m deploy.spiralctl status
+
+logs: bootstrap
+	$(PY) -m deploy.spiralctl logs
+
+render: bootstrap
+	$(PY) -m deploy.render
+
+proto: bootstrap
+	bash scripts/gen-proto.sh
+
+lint-proto: bootstrap
+	bash scripts/check-proto.sh
+
+test: bootstrap
+	bash scripts/check-proto.sh
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: bootstrap
+	$(PY) -m bench.mesh

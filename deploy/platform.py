@@ -1,0 +1,211 @@
+"""The platform as one object: start it under supervisord, wait until every service serves, stop it.
+
+`spiralctl` (make up / status / down) and the integration tests both drive it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from supervisor.xmlrpc import SupervisorTransport
+
+from deploy.render import render_all
+from spiral_common.config import Settings
+
+
+class PlatformError(RuntimeError):
+    """The platform could not be started or stopped; the message says which service and why."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str  # "SERVING", or what is wrong
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "SERVING"
+
+
+def _grpc_health(address: str, service: str = "", timeout: float = 1.0) -> str:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError as exc:
+            return f"UNREACHABLE ({exc.code().name})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def _redis_ping(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return "SERVING" if sock.recv(16).startswith(b"+PONG") else "NOT_SERVING"
+    except OSError as exc:
+        return f"UNREACHABLE ({exc.__class__.__name__})"
+
+
+def _http_ok(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return "SERVING" if reply.status == 200 else f"HTTP {reply.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except OSError as exc:
+        return f"UNREACHABLE ({exc.__class__.__name__})"
+
+
+class Platform:
+    """One profile's processes under one supervisord."""
+
+    def __init__(self, settings: Settings, python: str = sys.executable) -> None:
+        self.settings = settings
+        self.python = python
+        self.run = settings.run_path
+
+    # -- supervisord -------------------------------------------------------------------------
+    @property
+    def conf(self) -> Path:
+        return self.run / "supervisord.conf"
+
+    def supervisor_pid(self) -> int | None:
+        try:
+            pid = int((self.run / "supervisord.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def _rpc(self) -> xmlrpc.client.ServerProxy:
+        transport = SupervisorTransport(None, None, f"unix://{self.run}/supervisor.sock")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def processes(self) -> dict[str, dict]:
+        return {p["name"]: p for p in self._rpc().supervisor.getAllProcessInfo()}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def _ports_in_use(self) -> list[str]:
+        s = self.settings
+        named = {
+            "SPIRAL_REDIS_PORT": s.redis_port,
+            "SPIRAL_ENVOY_INGRESS_PORT": s.envoy_ingress_port,
+            "SPIRAL_ENVOY_ADMIN_PORT": s.envoy_admin_port,
+            "SPIRAL_GATEWAY_PORT": s.gateway_port,
+            "SPIRAL_ROUTER_MAIN_PORT": s.router_main_port,
+            "SPIRAL_ROUTER_CANARY_PORT": s.router_canary_port,
+            "SPIRAL_HEAD_PORT": s.head_port,
+            "SPIRAL_TRAINER_PORT": s.trainer_port,
+            "SPIRAL_MINER_PORT": s.miner_port,
+        }
+        busy = []
+        for name, port in named.items():
+            with socket.socket() as sock:
+                if sock.connect_ex((s.host, port)) == 0:
+                    busy.append(f"{name}={port}")
+        return busy
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        """Start every service (if not already up) and return once all report SERVING."""
+        if self.supervisor_pid() is None:
+            busy = self._ports_in_use()
+            if busy:
+                raise PlatformError(f"ports already in use: {', '.join(busy)} (another platform running? `make down`)")
+            render_all(self.settings, self.python)
+            self._validate_envoy()
+            subprocess.run([self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)], check=True)
+        self.wait_serving(timeout_s)
+
+    def _validate_envoy(self) -> None:
+        envoy = Path(self.python).parent / "envoy"
+        result = subprocess.run(
+            [
+                str(envoy) if envoy.exists() else "envoy",
+                "--mode",
+                "validate",
+                "-c",
+                str(self.run / "envoy.yaml"),
+                "--use-dynamic-base-id",
+                "--log-level",
+                "error",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise PlatformError(f"envoy rejected {self.run / 'envoy.yaml'}:\n{result.stdout}{result.stderr}")
+
+    def checks(self) -> list[Check]:
+        s = self.settings
+        h = s.host
+        return [
+            Check("redis", _redis_ping(h, s.redis_port), f"redis://{h}:{s.redis_port}"),
+            Check("head", _grpc_health(f"{h}:{s.head_port}", "spiral.head.v1.HeadService"), f"{h}:{s.head_port}"),
+            Check(
+                "router-main",
+                _grpc_health(f"{h}:{s.router_main_port}", "spiral.router.v1.RouterService"),
+                f"{h}:{s.router_main_port}",
+            ),
+            Check(
+                "router-canary",
+                _grpc_health(f"{h}:{s.router_canary_port}", "spiral.router.v1.RouterService"),
+                f"{h}:{s.router_canary_port}",
+            ),
+            Check(
+                "trainer",
+                _grpc_health(f"{h}:{s.trainer_port}", "spiral.trainer.v1.TrainerService"),
+                f"{h}:{s.trainer_port}",
+            ),
+            Check("miner", _grpc_health(f"{h}:{s.miner_port}", "spiral.miner.v1.MinerService"), f"{h}:{s.miner_port}"),
+            Check(
+                "envoy",
+                _grpc_health(s.envoy_ingress_address, "spiral.router.v1.RouterService"),
+                f"{s.envoy_ingress_address} (admin http://127.0.0.1:{s.envoy_admin_port})",
+            ),
+            Check("gateway", _http_ok(f"http://{h}:{s.gateway_port}/healthz"), f"http://{h}:{s.gateway_port}"),
+        ]
+
+    def wait_serving(self, timeout_s: float) -> list[Check]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            checks = self.checks()
+            if all(c.ok for c in checks):
+                return checks
+            fatal = [n for n, p in self.processes().items() if p["statename"] == "FATAL"]
+            if fatal or time.monotonic() > deadline:
+                waiting = ", ".join(f"{c.name}: {c.state}" for c in checks if not c.ok)
+                logs = "\n".join(self.log_tail(name) for name in fatal or [c.name for c in checks if not c.ok])
+                raise PlatformError(f"not serving after {timeout_s:.0f}s ({waiting}); fatal: {fatal}\n{logs}")
+            time.sleep(0.2)
+
+    def log_tail(self, program: str, lines: int = 20) -> str:
+        path = self.run / "logs" / f"{program}.log"
+        if not path.exists():
+            return f"--- {program}: no log"
+        return f"--- {path}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop every service (each drains on SIGTERM) and supervisord; leave no process behind."""
+        pid = self.supervisor_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)  # supervisord stops its programs in reverse priority, then exits
+        deadline = time.monotonic() + timeout_s
+        while self.supervisor_pid() is not None:
+            if time.monotonic() > deadline:
+                raise PlatformError(f"supervisord (pid {pid}) still running after {timeout_s:.0f}s")
+            time.sleep(0.1)

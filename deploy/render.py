@@ -1,0 +1,113 @@
+"""Renders the Envoy and supervisord configs of a profile into its run directory.
+
+`python -m deploy.render` writes <run_dir>/envoy.yaml and <run_dir>/supervisord.conf from the same
+Settings the services read, so every address is written in one place (the profile).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from spiral_common.config import REPO_ROOT, Settings, load_settings, settings_env
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader([str(REPO_ROOT / "envoy"), str(REPO_ROOT / "deploy")]),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: str
+    priority: int
+    environment: str = ""
+
+
+def render_envoy(settings: Settings) -> str:
+    return _TEMPLATES.get_template("envoy.yaml.j2").render(
+        s=settings,
+        # Router traffic (and the reflection and health services buf curl / grpcurl use) is split
+        # between the main and canary routers by weight.
+        router_prefixes=["/spiral.router.v1.", "/grpc.reflection.", "/grpc.health.v1."],
+        direct_routes=[
+            ("/spiral.head.v1.", "head"),
+            ("/spiral.trainer.v1.", "trainer"),
+            ("/spiral.miner.v1.", "miner"),
+        ],
+        clusters=[
+            ("router_main", settings.router_main_port),
+            ("router_canary", settings.router_canary_port),
+            ("head", settings.head_port),
+            ("trainer", settings.trainer_port),
+            ("miner", settings.miner_port),
+        ],
+    )
+
+
+def _supervisor_env(values: dict[str, str]) -> str:
+    """supervisord's KEY="value" list: backslashes and quotes escaped, % doubled (it expands %(name)s)."""
+
+    def quote(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+    return ",".join(f"{key}={quote(value)}" for key, value in values.items())
+
+
+def programs(settings: Settings, python: str) -> list[Program]:
+    run = settings.run_path
+    envoy = shutil.which("envoy", path=str(Path(python).parent)) or shutil.which("envoy") or "envoy"
+    redis = shutil.which("redis-server") or "redis-server"
+    return [
+        Program(
+            "redis",
+            f"{redis} --bind {settings.host} --port {settings.redis_port} --dir {run}/redis "
+            f"--appendonly yes --save '' --daemonize no --protected-mode yes",
+            10,
+        ),
+        Program("head", f"{python} -m head_svc", 20),
+        Program("router-main", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_ROUTER_INSTANCE": "main"})),
+        Program("router-canary", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_ROUTER_INSTANCE": "canary"})),
+        Program("trainer", f"{python} -m trainer_svc", 30),
+        Program("miner", f"{python} -m miner_svc", 30),
+        Program(
+            "envoy",
+            # A dynamic base id lets several Envoys (a test run beside `make up`) share the machine.
+            f"{envoy} -c {run}/envoy.yaml --log-level warn --use-dynamic-base-id --base-id-path {run}/envoy.base-id",
+            40,
+        ),
+        Program("gateway", f"{python} -m gateway", 50),
+    ]
+
+
+def render_supervisord(settings: Settings, python: str) -> str:
+    env = settings_env(settings)
+    env.pop("SPIRAL_ROUTER_INSTANCE")  # set per router program
+    return _TEMPLATES.get_template("supervisord.conf.j2").render(
+        s=settings,
+        run=settings.run_path,
+        root=REPO_ROOT,
+        environment=_supervisor_env({"PYTHONUNBUFFERED": "1", **env}),
+        programs=programs(settings, python),
+        stop_wait_s=int(settings.shutdown_grace_s) + 5,
+    )
+
+
+def render_all(settings: Settings, python: str = sys.executable) -> Path:
+    """Write envoy.yaml and supervisord.conf into the run directory; return the directory."""
+    run = settings.run_path
+    for sub in ("logs", "redis"):
+        (run / sub).mkdir(parents=True, exist_ok=True)
+    (run / "envoy.yaml").write_text(render_envoy(settings))
+    (run / "supervisord.conf").write_text(render_supervisord(settings, python))
+    return run
+
+
+if __name__ == "__main__":
+    print(render_all(load_settings()))

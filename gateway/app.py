@@ -1,0 +1,277 @@
+"""The gateway's HTTP app: OpenAI-compatible chat completions, /orchestrate, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from gateway.errors import domain_error_response, error_body, rpc_error_body, rpc_error_response
+from gateway.schemas import ChatCompletionRequest, ChatMessageIn, OrchestrateBody, SamplingFields
+from spiral.common.v1 import chat_pb2
+from spiral.router.v1 import router_pb2, router_pb2_grpc
+from spiral_common import errors
+from spiral_common.config import Settings
+from spiral_common.grpc_service import service_registry
+from spiral_common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from spiral_common.protoconv import params_to_proto
+
+log = logging.getLogger(__name__)
+
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
+MODELS = ("spiral",)
+_ROLES = {
+    "system": chat_pb2.ROLE_SYSTEM,
+    "developer": chat_pb2.ROLE_SYSTEM,
+    "user": chat_pb2.ROLE_USER,
+    "assistant": chat_pb2.ROLE_ASSISTANT,
+}
+_FINISH = {
+    chat_pb2.FINISH_REASON_STOP: "stop",
+    chat_pb2.FINISH_REASON_LENGTH: "length",
+    chat_pb2.FINISH_REASON_CANCELLED: "stop",
+}
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_http_requests_total",
+            "HTTP requests answered, by route and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to the response head (streams: to the first byte), seconds.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+def _messages(messages: list[ChatMessageIn]) -> list[chat_pb2.ChatMessage]:
+    out = []
+    for i, message in enumerate(messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise errors.InvalidArgument(
+                f"messages[{i}].role {message.role!r} is not one of {', '.join(_ROLES)}",
+                reason="INVALID_ROLE",
+                field=f"messages[{i}].role",
+            )
+        out.append(chat_pb2.ChatMessage(role=role, content=message.text()))
+    return out
+
+
+def _params(body: SamplingFields) -> chat_pb2.GenerationParams:
+    return params_to_proto(
+        max_tokens=body.token_cap(),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_sequences(),
+        seed=body.seed,
+    )
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    registry = registry or service_registry()
+    metrics = GatewayMetrics(registry)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        channel = grpc.aio.insecure_channel(settings.envoy_ingress_address)
+        state["router"] = router_pb2_grpc.RouterServiceStub(channel)
+        state["health"] = health_pb2_grpc.HealthStub(channel)
+        yield
+        await channel.close()
+
+    app = FastAPI(
+        title="Spiral gateway",
+        version="0.1.0",
+        description="OpenAI-compatible chat completions and the native cascade API of the Spiral platform.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):  # type: ignore[no-untyped-def]
+        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        token = request_id_var.set(request_id)
+        request.state.request_id = request_id
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            reason, field, message = "MALFORMED_JSON", "", f"the body is not valid JSON: {first.get('msg', '')}"
+        else:
+            loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+            field = ".".join(loc).replace(".[", "[")
+            reason, message = "INVALID_FIELD", f"{field or 'body'}: {first.get('msg', 'invalid')}"
+        metadata = {"field": field} if field else {}
+        return JSONResponse(error_body(400, message, reason, metadata, request.state.request_id), status_code=400)
+
+    @app.exception_handler(errors.SpiralError)
+    async def domain_error(request: Request, exc: errors.SpiralError) -> JSONResponse:
+        return domain_error_response(exc, request.state.request_id)
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        return rpc_error_response(exc, request.state.request_id)
+
+    def metadata(request: Request) -> tuple[tuple[str, str], ...]:
+        return ((REQUEST_ID_HEADER, request.state.request_id),)
+
+    @app.get("/healthz", summary="Gateway liveness and the router's gRPC health through Envoy")
+    async def healthz() -> JSONResponse:
+        try:
+            reply = await state["health"].Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=2)
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as exc:
+            status = f"UNREACHABLE ({exc.code().name})"
+        code = 200 if status == "SERVING" else 503
+        return JSONResponse({"status": "ok" if code == 200 else "degraded", "router": status}, status_code=code)
+
+    @app.get("/metrics", summary="Prometheus metrics of the gateway")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", summary="Models served (OpenAI-compatible)")
+    async def list_models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": "spiral"} for m in MODELS],
+        }
+
+    @app.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream=true answers as SSE)")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        if body.n != 1:
+            raise errors.InvalidArgument("only n=1 is supported", reason="UNSUPPORTED_N", field="n")
+        proto = dict(messages=_messages(body.messages), params=_params(body), model=body.model)
+        created = int(time.time())
+        if not body.stream:
+            reply = await state["router"].Orchestrate(
+                router_pb2.OrchestrateRequest(**proto), metadata=metadata(request)
+            )
+            return JSONResponse(
+                {
+                    "id": f"chatcmpl-{reply.answer_id}",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": reply.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.text},
+                            "finish_reason": _FINISH.get(reply.finish_reason, "stop"),
+                        }
+                    ],
+                    "usage": _usage(reply.usage),
+                    "spiral_trace": _trace_dict(reply.trace),
+                }
+            )
+        call = state["router"].OrchestrateStream(
+            router_pb2.OrchestrateStreamRequest(**proto), metadata=metadata(request)
+        )
+        first = await _next_event(call)  # an error before any token is still a plain HTTP error
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunk_id = f"chatcmpl-{request.state.request_id}"
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _sse(
+                {
+                    "id": chunk_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": body.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                event = first
+                while event is not None:
+                    if event.HasField("delta"):
+                        yield chunk({"content": event.delta.text})
+                    else:
+                        end = event.end
+                        yield chunk({}, _FINISH.get(end.finish_reason, "stop"))
+                        if include_usage:
+                            yield _sse(
+                                {
+                                    "id": chunk_id,
+                                    "object": "chat.completion.chunk",
+                                    "created": created,
+                                    "model": body.model,
+                                    "choices": [],
+                                    "usage": _usage(end.usage),
+                                    "spiral_trace": _trace_dict(end.trace),
+                                }
+                            )
+                    event = await _next_event(call)
+                yield _sse("[DONE]")
+            except grpc.aio.AioRpcError as exc:
+                _, error = rpc_error_body(exc, request.state.request_id)
+                yield _sse(error)
+            finally:
+                call.cancel()  # the client went away or the stream ended: release the router's stream
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    @app.post("/orchestrate", summary="Answer through the cascade; the reply carries the decision trace")
+    async def orchestrate(body: OrchestrateBody, request: Request) -> JSONResponse:
+        reply = await state["router"].Orchestrate(
+            router_pb2.OrchestrateRequest(messages=_messages(body.messages), params=_params(body), model=body.model),
+            metadata=metadata(request),
+        )
+        return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
+
+    return app
+
+
+async def _next_event(call: Any) -> router_pb2.OrchestrateStreamResponse | None:
+    message = await call.read()
+    return None if message is grpc.aio.EOF else message
+
+
+def _usage(usage: chat_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def _trace_dict(trace: router_pb2.DecisionTrace) -> dict[str, Any]:
+    return json_format.MessageToDict(trace, preserving_proto_field_name=True)

@@ -1,0 +1,1 @@
+"""Head service: specialist heads generating with llama.cpp over one GGUF base model."""

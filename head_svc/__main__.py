@@ -1,0 +1,53 @@
+"""Runs the head service: `python -m head_svc` (config from SPIRAL_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from head_svc.engine import LlamaEngine
+from head_svc.model_files import file_sha256, resolve_model_path
+from head_svc.server import build_pool, create_server
+from spiral.head.v1 import head_pb2
+from spiral_common.config import ConfigError, load_settings
+from spiral_common.errors import SpiralError
+from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
+from spiral_common.logs import configure_logging
+
+log = logging.getLogger("head_svc")
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging("head", settings.log_level)
+    model_path = resolve_model_path(settings.model_path)
+    base_model = head_pb2.BaseModel(
+        path=str(model_path),
+        sha256=file_sha256(model_path),
+        size_bytes=model_path.stat().st_size,
+        context_tokens=settings.head_context_tokens,
+    )
+    pool = build_pool(settings)
+    runtime = create_server(settings, pool, base_model)
+    start_metrics_server(runtime.registry, settings.host, settings.head_metrics_port)
+    await runtime.server.start()
+    log.info("loading model", extra={"path": str(model_path), "sha256": base_model.sha256})
+    await pool.load(
+        lambda: LlamaEngine(
+            model_path,
+            context_tokens=settings.head_context_tokens,
+            threads=settings.head_threads,
+            gpu_layers=settings.head_gpu_layers,
+        )
+    )
+    log.info("model loaded")
+    await serve_until_signalled(runtime, settings.shutdown_grace_s)
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except (ConfigError, SpiralError) as exc:
+        print(f"head_svc: {exc}", file=sys.stderr)
+        sys.exit(2)

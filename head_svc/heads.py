@@ -1,0 +1,121 @@
+"""The async side of the heads: load state, the concurrency cap, and bridging the engine thread to streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from head_svc.engine import Engine, Outcome
+from spiral_common.chat import ChatRequest, Message
+from spiral_common.errors import HeadBusy, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEAD = "default"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head's configuration: its name and the system prompt it adds when the conversation has none."""
+
+    name: str
+    system_prompt: str
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class End:
+    outcome: Outcome
+    head: str
+    adapter_version: str
+    first_token_latency_us: int
+    total_latency_us: int
+
+
+class HeadPool:
+    """Heads sharing one engine. One generation runs at a time; up to `max_concurrent` wait or run."""
+
+    def __init__(self, heads: list[HeadSpec], max_concurrent: int) -> None:
+        self.heads = {h.name: h for h in heads}
+        self.default_head = heads[0].name
+        self.max_concurrent = max_concurrent
+        self.state = "loading"
+        self.active = 0
+        self._engine: Engine | None = None
+        # llama.cpp contexts are not thread-safe: every generation runs on this one thread, in order.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+
+    async def load(self, factory: Callable[[], Engine]) -> None:
+        """Build the engine on the generation thread; the pool serves once this returns."""
+        try:
+            self._engine = await asyncio.get_running_loop().run_in_executor(self._executor, factory)
+        except Exception:
+            self.state = "failed"
+            raise
+        self.state = "ready"
+
+    @property
+    def queue_depth(self) -> int:
+        return max(self.active - 1, 0)
+
+    async def generate(self, head: str, request: ChatRequest) -> AsyncIterator[Delta | End]:
+        """Stream one head's answer. Closing the iterator early stops the generation at the next token."""
+        spec = self.heads.get(head or self.default_head)
+        if spec is None:
+            raise NotFound(f"no head named {head!r}", reason="HEAD_NOT_FOUND", head=head)
+        if self._engine is None or self.state != "ready":
+            raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
+        if self.active >= self.max_concurrent:
+            raise HeadBusy(f"{self.active} generations in flight, the cap is {self.max_concurrent}", retry_after_ms=500)
+        engine = self._engine
+        if not any(m.role == "system" for m in request.messages):
+            request = _with_system_prompt(request, spec.system_prompt)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | Outcome | BaseException] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(text: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, text)
+
+        def run() -> None:
+            try:
+                outcome = (
+                    engine.generate(request, emit, cancelled) if not cancelled.is_set() else Outcome("cancelled", 0, 0)
+                )
+                loop.call_soon_threadsafe(queue.put_nowait, outcome)
+            except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        started = time.perf_counter()
+        first_token_us = 0
+        self.active += 1
+        try:
+            loop.run_in_executor(self._executor, run)
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    if not first_token_us:
+                        first_token_us = int((time.perf_counter() - started) * 1e6)
+                    yield Delta(item)
+                elif isinstance(item, Outcome):
+                    total_us = int((time.perf_counter() - started) * 1e6)
+                    yield End(item, spec.name, "", first_token_us or total_us, total_us)
+                    return
+                else:
+                    raise item
+        finally:
+            cancelled.set()
+            self.active -= 1
+
+
+def _with_system_prompt(request: ChatRequest, system_prompt: str) -> ChatRequest:
+    return replace(request, messages=(Message("system", system_prompt), *request.messages))

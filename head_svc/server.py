@@ -1,0 +1,29 @@
+"""Builds the head's gRPC server; `__main__` and the tests share it."""
+
+from __future__ import annotations
+
+from head_svc.heads import DEFAULT_HEAD, HeadPool, HeadSpec
+from head_svc.servicer import HeadServicer
+from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.chat import limits_from
+from spiral_common.config import Settings
+from spiral_common.grpc_service import ServiceRuntime, build_server
+
+SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
+
+
+def build_pool(settings: Settings) -> HeadPool:
+    return HeadPool([HeadSpec(DEFAULT_HEAD, settings.head_system_prompt)], settings.head_max_concurrent)
+
+
+def create_server(
+    settings: Settings, pool: HeadPool, base_model: head_pb2.BaseModel, *, port: int | None = None
+) -> ServiceRuntime:
+    servicer = HeadServicer(pool, limits_from(settings), base_model)
+    return build_server(
+        domain="head.spiral",
+        host=settings.host,
+        port=settings.head_port if port is None else port,
+        service_names=[SERVICE_NAME],
+        add_servicers=lambda server: head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server),
+    )

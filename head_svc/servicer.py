@@ -1,0 +1,72 @@
+"""HeadService over gRPC: proto in, HeadPool, proto out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import grpc
+
+from head_svc.heads import Delta, HeadPool
+from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.chat import Limits, validate_chat
+from spiral_common.errors import NotImplementedYet
+from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
+
+_LOAD_STATE = {
+    "loading": head_pb2.LOAD_STATE_LOADING,
+    "ready": head_pb2.LOAD_STATE_READY,
+    "failed": head_pb2.LOAD_STATE_FAILED,
+}
+
+
+class HeadServicer(head_pb2_grpc.HeadServiceServicer):
+    def __init__(self, pool: HeadPool, limits: Limits, base_model: head_pb2.BaseModel) -> None:
+        self.pool = pool
+        self.limits = limits
+        self.base_model = base_model
+
+    async def Generate(
+        self, request: head_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[head_pb2.GenerateResponse]:
+        chat = validate_chat(messages_from_proto(request.messages), params_from_proto(request.params), self.limits)
+        async for event in self.pool.generate(request.head, chat):
+            if isinstance(event, Delta):
+                yield head_pb2.GenerateResponse(delta=head_pb2.GenerateDelta(text=event.text))
+            else:
+                yield head_pb2.GenerateResponse(
+                    end=head_pb2.GenerateEnd(
+                        finish_reason=FINISH_TO_PROTO[event.outcome.finish_reason],
+                        usage=usage_to_proto(event.outcome.prompt_tokens, event.outcome.completion_tokens),
+                        head=event.head,
+                        adapter_version=event.adapter_version,
+                        first_token_latency_us=event.first_token_latency_us,
+                        total_latency_us=event.total_latency_us,
+                    )
+                )
+
+    async def GetHeadInfo(
+        self, request: head_pb2.GetHeadInfoRequest, context: grpc.aio.ServicerContext
+    ) -> head_pb2.GetHeadInfoResponse:
+        state = _LOAD_STATE[self.pool.state]
+        return head_pb2.GetHeadInfoResponse(
+            base_model=self.base_model,
+            heads=[
+                head_pb2.HeadStatus(
+                    name=name, state=state, queue_depth=self.pool.queue_depth, in_flight=min(self.pool.active, 1)
+                )
+                for name in self.pool.heads
+            ],
+            max_concurrent_requests=self.pool.max_concurrent,
+            resident_memory_bytes=_resident_bytes(),
+        )
+
+    async def LoadAdapter(
+        self, request: head_pb2.LoadAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> head_pb2.LoadAdapterResponse:
+        raise NotImplementedYet("LoadAdapter", "the adapter registry and LoRA hot reload (the heads issue)")
+
+
+def _resident_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,1 @@
+"""Miner service: clusters the traffic log into patterns that the router's pattern head answers."""

@@ -1,0 +1,28 @@
+"""Runs the miner service: `python -m miner_svc`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from miner_svc.server import create_server
+from spiral_common.config import ConfigError, load_settings
+from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
+from spiral_common.logs import configure_logging
+
+
+async def main() -> None:
+    settings = load_settings()
+    configure_logging("miner", settings.log_level)
+    runtime = create_server(settings)
+    start_metrics_server(runtime.registry, settings.host, settings.miner_metrics_port)
+    await runtime.server.start()
+    await serve_until_signalled(runtime, settings.shutdown_grace_s)
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        print(f"miner_svc: {exc}", file=sys.stderr)
+        sys.exit(2)

