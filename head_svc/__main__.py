@@ -31,7 +31,7 @@ async def main() -> None:
     pool = build_pool(settings)
     runtime = create_server(settings, pool, base_model)
     start_metrics_server(runtime.registry, settings.host, settings.head_metrics_port)
-    await runtime.server.start()
+    await runtime.start()
     log.info("loading model", extra={"path": str(model_path), "sha256": base_model.sha256})
     await pool.load(
         lambda: LlamaEngine(

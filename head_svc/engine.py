@@ -33,7 +33,7 @@ class Engine(Protocol):
 
 
 class LlamaEngine:
-    """llama-cpp-python over one GGUF file. Not thread-safe: the caller runs one generation at a time."""
+    """llama-cpp-python over one GGUF file. A llama.cpp context is not thread-safe, so generations take a lock."""
 
     def __init__(self, model_path: Path, *, context_tokens: int, threads: int, gpu_layers: int) -> None:
         import llama_cpp
@@ -47,6 +47,7 @@ class LlamaEngine:
             verbose=False,
         )
         self.context_tokens = context_tokens
+        self._lock = threading.Lock()
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise InvalidArgument(f"{model_path} carries no chat template", reason="NO_CHAT_TEMPLATE")
@@ -66,6 +67,10 @@ class LlamaEngine:
         return self._llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     def generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
+        with self._lock:
+            return self._generate(request, emit, cancelled)
+
+    def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
         tokens = self.prompt_tokens(request)
         if len(tokens) + request.max_tokens > self.context_tokens:
             raise InvalidArgument(

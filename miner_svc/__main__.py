@@ -16,7 +16,7 @@ async def main() -> None:
     configure_logging("miner", settings.log_level)
     runtime = create_server(settings)
     start_metrics_server(runtime.registry, settings.host, settings.miner_metrics_port)
-    await runtime.server.start()
+    await runtime.start()
     await serve_until_signalled(runtime, settings.shutdown_grace_s)
 
 

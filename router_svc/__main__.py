@@ -20,7 +20,7 @@ async def main() -> None:
     channel = grpc.aio.insecure_channel(settings.head_address)
     runtime = create_server(settings, GrpcHeadClient(channel, settings.head_deadline_s))
     start_metrics_server(runtime.registry, settings.host, settings.router_metrics_port(settings.router_instance))
-    await runtime.server.start()
+    await runtime.start()
     await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=channel.close)
 
 

@@ -208,6 +208,12 @@ class ServiceRuntime:
     registry: CollectorRegistry
     service_names: tuple[str, ...]
 
+    async def start(self) -> None:
+        """Start accepting calls, reporting NOT_SERVING until `set_serving(True)` (the health
+        servicer would otherwise answer SERVING for the whole server from the first moment)."""
+        await self.set_serving(False)
+        await self.server.start()
+
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):

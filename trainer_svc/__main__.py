@@ -16,7 +16,7 @@ async def main() -> None:
     configure_logging("trainer", settings.log_level)
     runtime = create_server(settings)
     start_metrics_server(runtime.registry, settings.host, settings.trainer_metrics_port)
-    await runtime.server.start()
+    await runtime.start()
     await serve_until_signalled(runtime, settings.shutdown_grace_s)
 
 
