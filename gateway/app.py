@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import domain_error_response, error_body, rpc_error_body, rpc_error_response
 from gateway.schemas import ChatCompletionRequest, ChatMessageIn, OrchestrateBody, SamplingFields
@@ -60,6 +61,39 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+
+class RequestContext:
+    """Pure ASGI middleware: the request id (from x-request-id, or new) for logs, gRPC metadata and the
+    response header, and the request metrics. Starlette's BaseHTTPMiddleware would add milliseconds to
+    every streamed response, so this wraps `send` instead."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = REQUEST_ID_HEADER.encode()
+        request_id = next((v.decode() for k, v in scope["headers"] if k == header), "") or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+
+        async def send_with_context(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (header, request_id.encode())]
+                route = getattr(scope.get("route"), "path", "unmatched")
+                self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+                self.metrics.requests.labels(scope["method"], route, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            request_id_var.reset(token)
 
 
 def _messages(messages: list[ChatMessageIn]) -> list[chat_pb2.ChatMessage]:
@@ -111,22 +145,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def request_context(request: Request, call_next):  # type: ignore[no-untyped-def]
-        request_id = request.headers.get(REQUEST_ID_HEADER) or new_request_id()
-        token = request_id_var.set(request_id)
-        request.state.request_id = request_id
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - started)
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        response.headers.setdefault(REQUEST_ID_HEADER, request_id)
-        return response
+    app.add_middleware(RequestContext, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -166,7 +166,6 @@ class _CallScope:
         self.token = request_id_var.set(self.request_id)
         self.start = time.perf_counter()
         self.owner.metrics.started.labels(*self.labels).inc()
-        await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         try:
