@@ -24,6 +24,44 @@ from supervisor.xmlrpc import SupervisorTransport
 from deploy.render import render_all
 from spiral_common.config import Settings
 
+PORT_SETTINGS = (
+    "redis_port",
+    "envoy_ingress_port",
+    "envoy_admin_port",
+    "gateway_port",
+    "router_main_port",
+    "router_canary_port",
+    "head_port",
+    "trainer_port",
+    "miner_port",
+    "router_main_metrics_port",
+    "router_canary_metrics_port",
+    "head_metrics_port",
+    "trainer_metrics_port",
+    "miner_metrics_port",
+)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct ports that were free a moment ago (all sockets are held until every port is picked)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def free_port_env() -> dict[str, str]:
+    """SPIRAL_*_PORT overrides putting every listener of a platform on a free port (tests, benchmarks)."""
+    return {
+        f"SPIRAL_{name.upper()}": str(port)
+        for name, port in zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True)
+    }
+
 
 class PlatformError(RuntimeError):
     """The platform could not be started or stopped; the message says which service and why."""

@@ -44,8 +44,9 @@ class End:
 class HeadPool:
     """Heads sharing one engine. One generation runs at a time; up to `max_concurrent` wait or run."""
 
-    def __init__(self, heads: list[HeadSpec], max_concurrent: int) -> None:
+    def __init__(self, heads: list[HeadSpec], max_concurrent: int, flush_interval_ms: int = 0) -> None:
         self.heads = {h.name: h for h in heads}
+        self.flush_interval_s = flush_interval_ms / 1000
         self.default_head = heads[0].name
         self.max_concurrent = max_concurrent
         self.state = "loading"
@@ -97,14 +98,29 @@ class HeadPool:
 
         started = time.perf_counter()
         first_token_us = 0
+        last_flush = 0.0
+        held: str | Outcome | BaseException | None = None
         self.active += 1
         try:
             loop.run_in_executor(self._executor, run)
             while True:
-                item = await queue.get()
+                item, held = (held, None) if held is not None else (await queue.get(), None)
                 if isinstance(item, str):
                     if not first_token_us:
                         first_token_us = int((time.perf_counter() - started) * 1e6)
+                    elif self.flush_interval_s:
+                        # Coalesce the tokens of one flush interval into one message: every message costs
+                        # CPU in each hop of the mesh, CPU that llama.cpp's threads need on a small box.
+                        wait = last_flush + self.flush_interval_s - loop.time()
+                        if wait > 0:
+                            await asyncio.sleep(wait)
+                        while held is None and not queue.empty():
+                            more = queue.get_nowait()
+                            if isinstance(more, str):
+                                item += more
+                            else:
+                                held = more
+                    last_flush = loop.time()
                     yield Delta(item)
                 elif isinstance(item, Outcome):
                     total_us = int((time.perf_counter() - started) * 1e6)

@@ -13,7 +13,11 @@ SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 
 def build_pool(settings: Settings) -> HeadPool:
-    return HeadPool([HeadSpec(DEFAULT_HEAD, settings.head_system_prompt)], settings.head_max_concurrent)
+    return HeadPool(
+        [HeadSpec(DEFAULT_HEAD, settings.head_system_prompt)],
+        settings.head_max_concurrent,
+        flush_interval_ms=settings.head_stream_flush_ms,
+    )
 
 
 def create_server(

@@ -70,6 +70,9 @@ class Settings:
     head_threads: int = field(default=0, metadata={"min": 0})
     # Generations in flight or queued per head process; more get RESOURCE_EXHAUSTED.
     head_max_concurrent: int = field(default=8, metadata={"min": 1})
+    # After the first token, send streamed text at most this often, milliseconds (0: a message per token).
+    # Every message costs CPU in each hop of the mesh; on a CPU-only box that CPU is taken from llama.cpp.
+    head_stream_flush_ms: int = field(default=50, metadata={"min": 0, "max": 1000})
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
     # The head's system prompt when the conversation has none.

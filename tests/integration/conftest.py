@@ -6,15 +6,14 @@ import os
 
 import pytest
 
-from deploy.platform import Platform
+from deploy.platform import Platform, free_port_env
 from spiral_common.config import load_settings
-from tests.helpers import PORT_SETTINGS, free_ports
 
 
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory):
     env = {"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path_factory.mktemp("platform"))}
-    env.update({f"SPIRAL_{name.upper()}": str(port) for name, port in zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)))})
+    env.update(free_port_env())
     settings = load_settings(env)
     running = Platform(settings)
     try:

@@ -31,9 +31,12 @@ def test_sigterm_during_a_stream_lets_the_stream_finish(tmp_path):
     port, metrics_port = free_ports(2)
     env = {
         **os.environ,
-        "SPIRAL_PROFILE": "quick_test", "SPIRAL_HEAD_PORT": str(port), "SPIRAL_HEAD_METRICS_PORT": str(metrics_port),
-        "SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_SHUTDOWN_GRACE_S": "30",
-    }  # fmt: skip
+        "SPIRAL_PROFILE": "quick_test",
+        "SPIRAL_HEAD_PORT": str(port),
+        "SPIRAL_HEAD_METRICS_PORT": str(metrics_port),
+        "SPIRAL_RUN_DIR": str(tmp_path),
+        "SPIRAL_SHUTDOWN_GRACE_S": "30",
+    }
     log = (tmp_path / "head.log").open("w")
     process = subprocess.Popen([sys.executable, "-m", "head_svc"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -22,7 +22,10 @@ BUF = str(Path(sys.executable).parent / "buf")
 
 def _buf_curl(platform, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args], capture_output=True, text=True, timeout=60
+        [BUF, "curl", "--protocol", "grpc", "--http2-prior-knowledge", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -54,8 +57,13 @@ def test_every_service_reports_serving_on_grpc_health(platform):
 
 def test_every_metrics_port_serves_prometheus_text(platform, gateway_url):
     s = platform.settings
-    ports = [s.router_main_metrics_port, s.router_canary_metrics_port, s.head_metrics_port,
-             s.trainer_metrics_port, s.miner_metrics_port]  # fmt: skip
+    ports = [
+        s.router_main_metrics_port,
+        s.router_canary_metrics_port,
+        s.head_metrics_port,
+        s.trainer_metrics_port,
+        s.miner_metrics_port,
+    ]
     for url in [f"http://{s.host}:{p}/metrics" for p in ports] + [f"{gateway_url}/metrics"]:
         reply = httpx.get(url)
         assert reply.status_code == 200
@@ -69,10 +77,13 @@ def test_a_crashed_service_is_restarted_and_the_restart_is_logged(platform):
     before = platform.processes()["trainer"]["pid"]
     os.kill(before, signal.SIGKILL)
     wait_until(
-        lambda: platform.processes()["trainer"]["statename"] == "RUNNING"
-        and platform.processes()["trainer"]["pid"] != before,
-        30, "supervisord to restart the trainer",
-    )  # fmt: skip
+        lambda: (
+            platform.processes()["trainer"]["statename"] == "RUNNING"
+            and platform.processes()["trainer"]["pid"] != before
+        ),
+        30,
+        "supervisord to restart the trainer",
+    )
     platform.wait_serving(30)
     log = (platform.run / "logs" / "supervisord.log").read_text()
     assert "exited: trainer (terminated by SIGKILL" in log

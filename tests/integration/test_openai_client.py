@@ -35,7 +35,12 @@ def test_chat_completion_is_answered_by_the_local_head(client):
 
 def test_streamed_chat_completion_arrives_as_sse_chunks(client):
     stream = client.chat.completions.create(
-        model="spiral", messages=HELLO, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+        model="spiral",
+        messages=HELLO,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -69,7 +74,9 @@ def test_bad_input_is_a_400_naming_the_field(client, body, reason, param):
 
 
 def test_malformed_json_is_a_400_with_a_json_body(gateway_url):
-    reply = httpx.post(f"{gateway_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    reply = httpx.post(
+        f"{gateway_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert reply.status_code == 400
     assert reply.json()["error"]["code"] == "MALFORMED_JSON"
 

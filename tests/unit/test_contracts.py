@@ -15,8 +15,9 @@ def _tree(root: Path) -> dict[str, Path]:
 def test_generated_code_is_up_to_date(tmp_path):
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "gen-proto.sh"), str(tmp_path)],
-        check=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        check=True,
+        env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+    )
     fresh, committed = _tree(tmp_path), _tree(ROOT / "gen")
     assert sorted(fresh) == sorted(committed), "gen/ holds other files than proto/ generates: run `make proto`"
     stale = [name for name in fresh if not filecmp.cmp(fresh[name], committed[name], shallow=False)]
@@ -24,5 +25,7 @@ def test_generated_code_is_up_to_date(tmp_path):
 
 
 def test_buf_lint_is_clean():
-    result = subprocess.run([str(Path(sys.executable).parent / "buf"), "lint"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "buf"), "lint"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,10 +23,16 @@ def _unpack(details, kind):
 
 
 def test_invalid_argument_carries_reason_domain_and_field():
-    status = to_rpc_status(errors.InvalidArgument("bad", reason="INVALID_ROLE", field="messages[0].role"), "router.spiral")
+    status = to_rpc_status(
+        errors.InvalidArgument("bad", reason="INVALID_ROLE", field="messages[0].role"), "router.spiral"
+    )
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
     (info,) = _unpack(_details(status), error_details_pb2.ErrorInfo)
-    assert (info.reason, info.domain, dict(info.metadata)) == ("INVALID_ROLE", "router.spiral", {"field": "messages[0].role"})
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "INVALID_ROLE",
+        "router.spiral",
+        {"field": "messages[0].role"},
+    )
 
 
 def test_budget_exceeded_is_resource_exhausted_with_quota_failure():

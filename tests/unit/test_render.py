@@ -19,8 +19,9 @@ def test_envoy_validates_every_rendered_profile(profile, tmp_path):
     config.write_text(render_envoy(load_settings({"SPIRAL_PROFILE": profile})))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "--log-level", "error"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

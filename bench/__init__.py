@@ -1,0 +1,1 @@
+"""Benchmarks: numbers for docs/benchmarks.md, never pass/fail tests."""
