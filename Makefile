@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up down status logs test proto lint-proto bench render
+.PHONY: help bootstrap up down status logs test proto lint-proto lint bench render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -36,8 +36,14 @@ proto: bootstrap
 lint-proto: bootstrap
 	bash scripts/check-proto.sh
 
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
 test: bootstrap
 	bash scripts/check-proto.sh
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: bootstrap
