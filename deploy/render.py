@@ -6,6 +6,8 @@ Settings the services read, so every address is written in one place (the profil
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass
@@ -68,7 +70,9 @@ def programs(settings: Settings, python: str) -> list[Program]:
         Program(
             "redis",
             f"{redis} --bind {settings.host} --port {settings.redis_port} --dir {run}/redis "
-            f"--appendonly yes --save '' --daemonize no --protected-mode yes",
+            f"--appendonly yes --save '' --daemonize no --protected-mode yes "
+            # Only keys with a TTL (cache entries) may be evicted; budget and queue keys have none.
+            f"--maxmemory {settings.redis_max_memory_mb}mb --maxmemory-policy volatile-lru",
             10,
         ),
         Program("head", f"{python} -m head_svc", 20),
@@ -86,8 +90,10 @@ def programs(settings: Settings, python: str) -> list[Program]:
     ]
 
 
-def render_supervisord(settings: Settings, python: str) -> str:
+def render_supervisord(settings: Settings, python: str, secrets_file: Path | None = None) -> str:
     env = settings_env(settings)
+    if secrets_file is not None:
+        env["SPIRAL_ENV_FILE"] = str(secrets_file)  # the path only: secrets never enter this file
     env.pop("SPIRAL_ROUTER_INSTANCE")  # set per router program
     return _TEMPLATES.get_template("supervisord.conf.j2").render(
         s=settings,
@@ -99,13 +105,31 @@ def render_supervisord(settings: Settings, python: str) -> str:
     )
 
 
+def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = None) -> Path:
+    """The env file the services read secrets from: SPIRAL_ENV_FILE if set, else one in the run
+    directory, created (mode 0600) with a random admin token on first use."""
+    env = os.environ if environ is None else environ
+    if env.get("SPIRAL_ENV_FILE"):
+        return Path(env["SPIRAL_ENV_FILE"]).resolve()
+    path = settings.run_path / "secrets.env"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                "# Secrets of this platform (mode 0600). Add MISTRAL_API_KEY= and OPENAI_API_KEY= for the cloud.\n"
+            )
+            fh.write(f"SPIRAL_ADMIN_TOKEN={secrets.token_urlsafe(32)}\n")
+    return path
+
+
 def render_all(settings: Settings, python: str = sys.executable) -> Path:
     """Write envoy.yaml and supervisord.conf into the run directory; return the directory."""
     run = settings.run_path
     for sub in ("logs", "redis"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     (run / "envoy.yaml").write_text(render_envoy(settings))
-    (run / "supervisord.conf").write_text(render_supervisord(settings, python))
+    (run / "supervisord.conf").write_text(render_supervisord(settings, python, ensure_secrets_file(settings)))
     return run
 
 

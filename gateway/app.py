@@ -19,9 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import domain_error_response, error_body, rpc_error_body, rpc_error_response
-from gateway.schemas import ChatCompletionRequest, ChatMessageIn, OrchestrateBody, SamplingFields
+from gateway.schemas import (
+    ChatCompletionRequest,
+    ChatMessageIn,
+    FeedbackBody,
+    OrchestrateBody,
+    SamplingFields,
+    VoteBody,
+)
 from spiral.common.v1 import chat_pb2
-from spiral.router.v1 import router_pb2, router_pb2_grpc
+from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import errors
 from spiral_common.config import Settings
 from spiral_common.grpc_service import service_registry
@@ -38,6 +45,7 @@ _ROLES = {
     "user": chat_pb2.ROLE_USER,
     "assistant": chat_pb2.ROLE_ASSISTANT,
 }
+_RATINGS = {"good": router_pb2.RATING_GOOD, "bad": router_pb2.RATING_BAD}
 _FINISH = {
     chat_pb2.FINISH_REASON_STOP: "stop",
     chat_pb2.FINISH_REASON_LENGTH: "length",
@@ -134,6 +142,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         channel = grpc.aio.insecure_channel(settings.envoy_ingress_address)
         state["router"] = router_pb2_grpc.RouterServiceStub(channel)
+        state["admin"] = admin_pb2_grpc.AdminServiceStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
         yield
         await channel.close()
@@ -169,6 +178,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     def metadata(request: Request) -> tuple[tuple[str, str], ...]:
         return ((REQUEST_ID_HEADER, request.state.request_id),)
+
+    def admin_metadata(request: Request) -> tuple[tuple[str, str], ...]:
+        # The bearer token is passed on as it came; the router checks it (in constant time) and logs
+        # refusals without it.
+        return (*metadata(request), ("authorization", request.headers.get("authorization", "")))
 
     @app.get("/healthz", summary="Gateway liveness and the router's gRPC health through Envoy")
     async def healthz() -> JSONResponse:
@@ -225,7 +239,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunk_id = f"chatcmpl-{request.state.request_id}"
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
             return _sse(
                 {
                     "id": chunk_id,
@@ -233,6 +247,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                     "created": created,
                     "model": body.model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    **extra,
                 }
             )
 
@@ -245,7 +260,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                         yield chunk({"content": event.delta.text})
                     else:
                         end = event.end
-                        yield chunk({}, _FINISH.get(end.finish_reason, "stop"))
+                        # spiral_answer_id is what POST /feedback takes
+                        yield chunk({}, _FINISH.get(end.finish_reason, "stop"), spiral_answer_id=end.answer_id)
                         if include_usage:
                             yield _sse(
                                 {
@@ -275,6 +291,32 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
             metadata=metadata(request),
         )
         return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
+
+    @app.post("/vote", summary="Run the council alone; every candidate with its score, best first")
+    async def vote(body: VoteBody, request: Request) -> JSONResponse:
+        reply = await state["router"].Vote(
+            router_pb2.VoteRequest(messages=_messages(body.messages), params=_params(body)), metadata=metadata(request)
+        )
+        return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
+
+    @app.post("/feedback", summary="Rate an earlier answer by its answer_id (good or bad)")
+    async def feedback(body: FeedbackBody, request: Request) -> JSONResponse:
+        reply = await state["router"].SubmitFeedback(
+            router_pb2.SubmitFeedbackRequest(
+                answer_id=body.answer_id.removeprefix("chatcmpl-"), rating=_RATINGS[body.rating], comment=body.comment
+            ),
+            metadata=metadata(request),
+        )
+        return JSONResponse({"recorded": reply.recorded})
+
+    @app.get("/admin/budget", summary="Today's cloud and training spend against the daily pool (admin token)")
+    async def budget(request: Request) -> JSONResponse:
+        reply = await state["admin"].GetBudget(admin_pb2.GetBudgetRequest(), metadata=admin_metadata(request))
+        return JSONResponse(
+            json_format.MessageToDict(
+                reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
 
     return app
 

@@ -63,3 +63,21 @@ class OrchestrateBody(SamplingFields):
 
     messages: list[ChatMessageIn]
     model: str = ""
+
+
+class VoteBody(SamplingFields):
+    """POST /vote: a conversation for the council alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessageIn]
+
+
+class FeedbackBody(BaseModel):
+    """POST /feedback: a rating of an earlier answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer_id: str = Field(description="The answer_id (or the chat completion id without its chatcmpl- prefix).")
+    rating: Literal["good", "bad"]
+    comment: str = Field("", max_length=2000)

@@ -13,18 +13,9 @@ from dataclasses import dataclass, replace
 from head_svc.engine import Engine, Outcome
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.specs import HeadSpec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HEAD = "default"
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A head's configuration: its name and the system prompt it adds when the conversation has none."""
-
-    name: str
-    system_prompt: str
 
 
 @dataclass(frozen=True)
@@ -68,11 +59,18 @@ class HeadPool:
     def queue_depth(self) -> int:
         return max(self.active - 1, 0)
 
-    async def generate(self, head: str, request: ChatRequest) -> AsyncIterator[Delta | End]:
-        """Stream one head's answer. Closing the iterator early stops the generation at the next token."""
+    def spec(self, head: str) -> HeadSpec:
+        """The named head's spec ('' is the default head), or NotFound."""
         spec = self.heads.get(head or self.default_head)
         if spec is None:
-            raise NotFound(f"no head named {head!r}", reason="HEAD_NOT_FOUND", head=head)
+            raise NotFound(
+                f"no head named {head!r}; heads: {', '.join(self.heads)}", reason="HEAD_NOT_FOUND", head=head
+            )
+        return spec
+
+    async def generate(self, head: str, request: ChatRequest) -> AsyncIterator[Delta | End]:
+        """Stream one head's answer. Closing the iterator early stops the generation at the next token."""
+        spec = self.spec(head)
         if self._engine is None or self.state != "ready":
             raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
         if self.active >= self.max_concurrent:
@@ -124,6 +122,17 @@ class HeadPool:
                     yield Delta(item)
                 elif isinstance(item, Outcome):
                     total_us = int((time.perf_counter() - started) * 1e6)
+                    log.info(
+                        "generated",
+                        extra={
+                            "head": spec.name,
+                            "finish_reason": item.finish_reason,
+                            "prompt_tokens": item.prompt_tokens,
+                            "completion_tokens": item.completion_tokens,
+                            "first_token_ms": first_token_us / 1000,
+                            "total_ms": total_us / 1000,
+                        },
+                    )
                     yield End(item, spec.name, "", first_token_us or total_us, total_us)
                     return
                 else:

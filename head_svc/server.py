@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from head_svc.heads import DEFAULT_HEAD, HeadPool, HeadSpec
+from head_svc.heads import HeadPool
 from head_svc.servicer import HeadServicer
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server
+from spiral_common.specs import load_heads
 
 SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 
 def build_pool(settings: Settings) -> HeadPool:
     return HeadPool(
-        [HeadSpec(DEFAULT_HEAD, settings.head_system_prompt)],
+        load_heads(settings.heads_file),
         settings.head_max_concurrent,
         flush_interval_ms=settings.head_stream_flush_ms,
     )

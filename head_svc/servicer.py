@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
@@ -29,8 +30,11 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
     async def Generate(
         self, request: head_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[head_pb2.GenerateResponse]:
-        chat = validate_chat(messages_from_proto(request.messages), params_from_proto(request.params), self.limits)
-        async for event in self.pool.generate(request.head, chat):
+        spec = self.pool.spec(request.head)
+        # Sampling the caller leaves unset takes the head's own settings.
+        limits = replace(self.limits, default_temperature=spec.temperature, default_top_p=spec.top_p)
+        chat = validate_chat(messages_from_proto(request.messages), params_from_proto(request.params), limits)
+        async for event in self.pool.generate(spec.name, chat):
             if isinstance(event, Delta):
                 yield head_pb2.GenerateResponse(delta=head_pb2.GenerateDelta(text=event.text))
             else:

@@ -3,25 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 
 import grpc
+import redis.asyncio as aioredis
 
+from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import GrpcHeadClient
-from router_svc.server import create_server
+from router_svc.server import RouterDeps, create_server
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
+from spiral_common.specs import load_providers, secret
+
+log = logging.getLogger("router_svc")
 
 
 async def main() -> None:
     settings = load_settings()
     configure_logging(f"router-{settings.router_instance}", settings.log_level)
+    providers = load_providers(settings.cloud_providers_file)
+    keys = {p.name: secret(p.api_key_env) for p in providers}
+    usable = [p for p in providers if keys[p.name]]
+    for provider in providers:
+        if not keys[provider.name]:
+            log.warning(
+                "cloud provider disabled: %s is not set", provider.api_key_env, extra={"provider": provider.name}
+            )
     channel = grpc.aio.insecure_channel(settings.head_address)
-    runtime = create_server(settings, GrpcHeadClient(channel, settings.head_deadline_s))
+    redis = aioredis.from_url(settings.redis_url)
+    deps = RouterDeps(
+        heads=GrpcHeadClient(channel, settings.head_deadline_s),
+        redis=redis,
+        cloud_client=OpenAICompatibleClient(
+            keys, usable, timeout_s=settings.cloud_timeout_s, stall_timeout_s=settings.cloud_stall_timeout_s
+        ),
+        providers=usable,
+        admin_token=secret("SPIRAL_ADMIN_TOKEN"),
+    )
+    runtime = create_server(settings, deps)
     start_metrics_server(runtime.registry, settings.host, settings.router_metrics_port(settings.router_instance))
     await runtime.start()
-    await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=channel.close)
+
+    async def close() -> None:
+        await channel.close()
+        await redis.aclose()
+
+    await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=close)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ class HeadDone:
 
 
 class HeadClient(Protocol):
-    def generate(self, request: ChatRequest, *, head: str, request_id: str) -> AsyncIterator[HeadText | HeadDone]: ...
+    def generate(
+        self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
+    ) -> AsyncIterator[HeadText | HeadDone]:
+        """Stream a head's answer. With head_sampling, sampling the caller left unset takes the head's own."""
+        ...
 
 
 class GrpcHeadClient:

@@ -1,22 +1,81 @@
-"""Builds the router's gRPC server; `__main__` and the tests share it."""
+"""Builds the router's gRPC server and its cascade; `__main__` and the tests share it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from redis.asyncio import Redis
+
+from router_svc.cache import AnswerCache
+from router_svc.cascade import Cascade
+from router_svc.cloud import CloudFallback, ProviderClient
+from router_svc.council import Council
 from router_svc.heads_client import HeadClient
-from router_svc.orchestrator import Orchestrator
+from router_svc.metrics import RouterMetrics
+from router_svc.patterns import RegexPatterns
 from router_svc.servicer import AdminServicer, RouterServicer
+from router_svc.traffic import TrafficLog
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
+from spiral_common.budget import BudgetLedger, utc_now
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
-from spiral_common.grpc_service import ServiceRuntime, build_server
+from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
+from spiral_common.specs import CloudProvider, council_members, load_heads
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
-def create_server(settings: Settings, heads: HeadClient, *, port: int | None = None) -> ServiceRuntime:
-    router = RouterServicer(Orchestrator(heads, settings.router_instance), limits_from(settings))
-    admin = AdminServicer()
+@dataclass
+class RouterDeps:
+    """What the router talks to: the heads, Redis, and the cloud (client and providers that have keys)."""
+
+    heads: HeadClient
+    redis: Redis
+    cloud_client: ProviderClient
+    providers: list[CloudProvider]
+    admin_token: str = ""
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+
+def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = None) -> ServiceRuntime:
+    registry = service_registry()
+    metrics = RouterMetrics(registry)
+    ledger = BudgetLedger(
+        deps.redis,
+        prefix=settings.redis_prefix,
+        pool_usd_micros=settings.daily_pool_usd_micros,
+        reservation_ttl_s=settings.budget_reservation_ttl_s,
+        clock=deps.clock,
+    )
+    traffic = TrafficLog(deps.redis, prefix=settings.redis_prefix, max_entries=settings.traffic_log_max_entries)
+    cascade = Cascade(
+        instance=settings.router_instance,
+        cache=AnswerCache(
+            deps.redis, prefix=settings.redis_prefix, instance=settings.router_instance, ttl_s=settings.cache_ttl_s
+        ),
+        patterns=RegexPatterns(deps.clock),
+        pattern_threshold=settings.pattern_threshold,
+        heads=deps.heads,
+        council=Council(
+            deps.heads,
+            council_members(settings.council_heads, load_heads(settings.heads_file)),
+            deadline_s=settings.council_deadline_s,
+            threshold=settings.council_threshold,
+            length_weight=settings.council_length_weight,
+            diversity_weight=settings.council_diversity_weight,
+        ),
+        cloud=CloudFallback(
+            deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.per_request_cap_usd_micros
+        ),
+        traffic=traffic,
+        metrics=metrics,
+    )
+    metrics.budget_pool.set(settings.daily_pool_usd_micros / 1e6)
+    router = RouterServicer(cascade, traffic, limits_from(settings))
+    admin = AdminServicer(ledger, deps.admin_token, settings.per_request_cap_usd_micros)
 
     def add(server):  # type: ignore[no-untyped-def]
         router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
@@ -28,4 +87,5 @@ def create_server(settings: Settings, heads: HeadClient, *, port: int | None = N
         port=settings.router_port(settings.router_instance) if port is None else port,
         service_names=[ROUTER_SERVICE, ADMIN_SERVICE],
         add_servicers=add,
+        registry=registry,
     )

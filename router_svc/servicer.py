@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from router_svc.orchestrator import Answer, Orchestrator, Trace
+from router_svc.cascade import Answer, Cascade, Trace
+from router_svc.council import Candidate
+from router_svc.traffic import TrafficLog
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from spiral_common.chat import Limits, validate_chat
-from spiral_common.errors import NotImplementedYet
+from spiral_common.budget import BudgetLedger
+from spiral_common.chat import ChatRequest, Limits, validate_chat
+from spiral_common.errors import NotImplementedYet, Unauthenticated
 from spiral_common.logs import request_id_var
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
 
@@ -27,6 +32,22 @@ _OUTCOME = {
     "skipped": router_pb2.TIER_OUTCOME_SKIPPED,
     "refused": router_pb2.TIER_OUTCOME_REFUSED,
 }
+_RATING = {router_pb2.RATING_GOOD: "good", router_pb2.RATING_BAD: "bad"}
+
+
+def candidate_to_proto(c: Candidate) -> router_pb2.Candidate:
+    return router_pb2.Candidate(
+        head=c.head,
+        text=c.text,
+        score=c.score,
+        agreement=c.agreement,
+        length_penalty=c.length_penalty,
+        diversity_bonus=c.diversity_bonus,
+        winner=c.winner,
+        latency_us=c.latency_us,
+        adapter_version=c.adapter_version,
+        error=c.error,
+    )
 
 
 def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
@@ -40,6 +61,7 @@ def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
             for s in trace.steps
         ],
         cost_usd_micros=trace.cost_usd_micros,
+        candidates=[candidate_to_proto(c) for c in trace.candidates],
         router_instance=trace.router_instance,
         adapter_version=trace.adapter_version,
         total_latency_us=trace.total_latency_us,
@@ -48,19 +70,23 @@ def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, orchestrator: Orchestrator, limits: Limits) -> None:
-        self.orchestrator = orchestrator
+    def __init__(self, cascade: Cascade, traffic: TrafficLog, limits: Limits) -> None:
+        self.cascade = cascade
+        self.traffic = traffic
         self.limits = limits
 
-    def _chat(self, request: router_pb2.OrchestrateRequest | router_pb2.OrchestrateStreamRequest):  # type: ignore[no-untyped-def]
+    def _chat(
+        self, request: router_pb2.OrchestrateRequest | router_pb2.OrchestrateStreamRequest | router_pb2.VoteRequest
+    ) -> ChatRequest:
+        model = getattr(request, "model", "")
         return validate_chat(
-            messages_from_proto(request.messages), params_from_proto(request.params), self.limits, model=request.model
+            messages_from_proto(request.messages), params_from_proto(request.params), self.limits, model=model
         )
 
     async def Orchestrate(
         self, request: router_pb2.OrchestrateRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.OrchestrateResponse:
-        answer = await self.orchestrator.answer(self._chat(request), request_id_var.get())
+        answer = await self.cascade.answer(self._chat(request), request_id_var.get())
         return router_pb2.OrchestrateResponse(
             answer_id=answer.answer_id,
             text=answer.text,
@@ -73,7 +99,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def OrchestrateStream(
         self, request: router_pb2.OrchestrateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.OrchestrateStreamResponse]:
-        async for item in self.orchestrator.stream(self._chat(request), request_id_var.get()):
+        async for item in self.cascade.stream(self._chat(request), request_id_var.get()):
             if isinstance(item, Answer):
                 yield router_pb2.OrchestrateStreamResponse(
                     end=router_pb2.StreamEnd(
@@ -88,31 +114,68 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield router_pb2.OrchestrateStreamResponse(delta=router_pb2.TextDelta(text=item))
 
     async def Vote(self, request: router_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> router_pb2.VoteResponse:
-        raise NotImplementedYet("Vote", "the council of five specialist heads (the cascade issue)")
+        result, trace = await self.cascade.vote(self._chat(request), request_id_var.get())
+        return router_pb2.VoteResponse(
+            candidates=[candidate_to_proto(c) for c in sorted(result.candidates, key=lambda c: -c.score)],
+            accepted=result.accepted,
+            threshold=result.threshold,
+            trace=trace_to_proto(trace),
+        )
 
     async def SubmitFeedback(
         self, request: router_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.SubmitFeedbackResponse:
-        raise NotImplementedYet("SubmitFeedback", "the traffic log that feedback attaches to (the cascade issue)")
+        await self.traffic.feedback(request.answer_id, _RATING.get(request.rating, ""), request.comment)
+        return router_pb2.SubmitFeedbackResponse(recorded=True)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Operator calls; each needs `authorization: Bearer <SPIRAL_ADMIN_TOKEN>` in the metadata."""
+
+    def __init__(self, ledger: BudgetLedger, admin_token: str, per_request_cap_usd_micros: int) -> None:
+        self.ledger = ledger
+        self.admin_token = admin_token
+        self.per_request_cap_usd_micros = per_request_cap_usd_micros
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.admin_token:
+            raise Unauthenticated("admin calls are disabled: SPIRAL_ADMIN_TOKEN is not set", reason="ADMIN_DISABLED")
+        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            raise Unauthenticated("a valid admin bearer token is required", reason="BAD_ADMIN_TOKEN")
+
     async def ReloadAdapter(
         self, request: admin_pb2.ReloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadAdapterResponse:
+        self._authorize(context)
         raise NotImplementedYet("ReloadAdapter", "the adapter registry and LoRA hot reload (the heads issue)")
 
     async def GetBudget(
         self, request: admin_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetBudgetResponse:
-        raise NotImplementedYet("GetBudget", "the cost guard's daily pool in Redis (the cascade issue)")
+        self._authorize(context)
+        status = await self.ledger.status()
+        resets_at = Timestamp()
+        resets_at.FromDatetime(status.resets_at)
+        return admin_pb2.GetBudgetResponse(
+            day=status.day,
+            pool_usd_micros=status.pool_usd_micros,
+            spent_usd_micros=status.spent_usd_micros,
+            reserved_usd_micros=status.reserved_usd_micros,
+            remaining_usd_micros=status.remaining_usd_micros,
+            per_request_cap_usd_micros=self.per_request_cap_usd_micros,
+            resets_at=resets_at,
+        )
 
     async def GetCanaryWeight(
         self, request: admin_pb2.GetCanaryWeightRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetCanaryWeightResponse:
+        self._authorize(context)
         raise NotImplementedYet("GetCanaryWeight", "the live canary knob (the Envoy canary issue)")
 
     async def SetCanaryWeight(
         self, request: admin_pb2.SetCanaryWeightRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetCanaryWeightResponse:
+        self._authorize(context)
         raise NotImplementedYet("SetCanaryWeight", "the live canary knob (the Envoy canary issue)")

@@ -38,6 +38,7 @@ class Limits:
     max_tokens_limit: int
     default_max_tokens: int
     default_temperature: float
+    default_top_p: float = 1.0
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -60,6 +61,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     model: str = ""
+    # The parameters as the caller sent them (None = unset), for heads that apply their own defaults.
+    requested: GenerationParams = GenerationParams()
 
 
 def validate_chat(
@@ -105,7 +108,7 @@ def validate_chat(
             reason="TEMPERATURE_OUT_OF_RANGE",
             field="params.temperature",
         )
-    top_p = 1.0 if params.top_p is None else params.top_p
+    top_p = limits.default_top_p if params.top_p is None else params.top_p
     if not 0.0 < top_p <= 1.0:
         raise InvalidArgument(
             f"top_p must be in (0, 1], got {top_p}", reason="TOP_P_OUT_OF_RANGE", field="params.top_p"
@@ -124,4 +127,5 @@ def validate_chat(
         stop=tuple(params.stop),
         seed=params.seed,
         model=model,
+        requested=params,
     )

@@ -69,20 +69,52 @@ class Settings:
     # llama.cpp threads; 0 means one per CPU core.
     head_threads: int = field(default=0, metadata={"min": 0})
     # Generations in flight or queued per head process; more get RESOURCE_EXHAUSTED.
-    head_max_concurrent: int = field(default=8, metadata={"min": 1})
+    head_max_concurrent: int = field(default=16, metadata={"min": 1})
     # After the first token, send streamed text at most this often, milliseconds (0: a message per token).
     # Every message costs CPU in each hop of the mesh; on a CPU-only box that CPU is taken from llama.cpp.
     head_stream_flush_ms: int = field(default=50, metadata={"min": 0, "max": 1000})
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
-    # The head's system prompt when the conversation has none.
-    head_system_prompt: str = "You are a helpful assistant."
 
     # Request limits, enforced by the router and the heads.
     max_prompt_chars: int = field(default=16000, metadata={"min": 1})
     max_tokens_limit: int = field(default=1024, metadata={"min": 1})
     default_max_tokens: int = field(default=256, metadata={"min": 1})
     default_temperature: float = field(default=0.7, metadata={"min": 0.0, "max": 2.0})
+
+    # Redis: every key the platform writes starts with this prefix.
+    redis_prefix: str = "spiral:"
+    # Memory cap of the Redis server, MiB; only cache entries (which carry a TTL) are evicted.
+    redis_max_memory_mb: int = field(default=512, metadata={"min": 16})
+
+    # The heads (name, system prompt, sampling, adapter): a JSON file, relative to the repo root.
+    heads_file: str = "deploy/heads.json"
+    # Cloud providers in fall-over order (base URL, model, prices, key variable): a JSON file.
+    cloud_providers_file: str = "deploy/cloud_providers.json"
+
+    # Cache tier: how long an answer stays, seconds.
+    cache_ttl_s: int = field(default=86400, metadata={"min": 1})
+    # Pattern tier: minimum confidence for a pattern to answer, in [0, 1].
+    pattern_threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
+    council_heads: str = "precise,concise,step_by_step,creative,code"
+    # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.
+    council_deadline_s: float = field(default=60.0, metadata={"min": 0.1})
+    # Council tier: the winner's score must reach this to answer, dimensionless.
+    council_threshold: float = field(default=0.3, metadata={"min": -1.0, "max": 2.0})
+    council_length_weight: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
+    council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    # Cloud tier: the most one request may cost, micro-dollars ($0.02).
+    per_request_cap_usd_micros: int = field(default=20_000, metadata={"min": 0})
+    # Cloud tier and trainer: the daily pool, micro-dollars ($0.10), reset at 00:00 UTC.
+    daily_pool_usd_micros: int = field(default=100_000, metadata={"min": 0})
+    # A reservation not settled within this many seconds (its caller crashed) is freed.
+    budget_reservation_ttl_s: int = field(default=300, metadata={"min": 1})
+    # Cloud tier: a provider call's whole deadline, and the longest silence inside a stream, seconds.
+    cloud_timeout_s: float = field(default=60.0, metadata={"min": 0.1})
+    cloud_stall_timeout_s: float = field(default=15.0, metadata={"min": 0.1})
+    # Traffic log: the Redis stream keeps about this many exchanges.
+    traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
 
     # Deadline the router gives a head for a whole answer, seconds.
     head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})

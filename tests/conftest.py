@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import shutil
+import subprocess
+import uuid
 
+import pytest
+import redis.asyncio as aioredis
+
+from deploy.platform import free_ports
 from head_svc.engine import LlamaEngine
 from head_svc.model_files import embedded_model_path
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +24,53 @@ def model_path():
 def engine(model_path):
     """The embedded SmolLM2 GGUF in llama.cpp, shared by the in-process head tests."""
     return LlamaEngine(model_path, context_tokens=1024, threads=0, gpu_layers=0)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server (Debian's) for the session; tests keep apart by key prefix."""
+    (port,) = free_ports(1)
+    data = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_until(up, 10, "redis-server to answer PING")
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(10)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of the test's own, so tests never see each other's data."""
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()

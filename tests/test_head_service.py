@@ -55,7 +55,7 @@ async def test_generation_streams_text_then_usage(head):
     assert end.finish_reason in (chat_pb2.FINISH_REASON_STOP, chat_pb2.FINISH_REASON_LENGTH)
     assert 0 < end.usage.completion_tokens <= 24
     assert end.usage.prompt_tokens > 5
-    assert end.head == "default"
+    assert end.head == "precise"  # the first head of deploy/heads.json is the default
     assert 0 < end.first_token_latency_us <= end.total_latency_us
 
 
@@ -89,9 +89,7 @@ async def test_client_cancel_stops_the_generation(head):
 
 async def test_over_the_concurrency_cap_is_resource_exhausted_with_retry_info(head):
     stub, _ = head
-    long_calls = [stub.Generate(_request("Tell me a story.", max_tokens=200)) for _ in range(2)]
-    for call in long_calls:
-        await call.initial_metadata()
+    long_calls = [stub.Generate(_request("Tell me a story.", max_tokens=200)) for _ in range(2)]  # start at once
     await wait_until_async(lambda: asyncio.sleep(0, result=head[1].active == 2), 5, "two generations in flight")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _collect(stub.Generate(_request(max_tokens=4)))
@@ -151,7 +149,7 @@ async def test_head_info_reports_the_base_model_and_heads(head):
     stub, _ = head
     info = await stub.GetHeadInfo(head_pb2.GetHeadInfoRequest())
     assert info.base_model.sha256 == BASE.sha256
-    assert [h.name for h in info.heads] == ["default"]
+    assert [h.name for h in info.heads] == ["precise", "concise", "step_by_step", "creative", "code"]
     assert info.heads[0].state == head_pb2.LOAD_STATE_READY
     assert info.resident_memory_bytes > 0
 

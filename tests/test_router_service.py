@@ -1,141 +1,363 @@
-"""The router in-process on port 0, with a scripted head in place of the head service."""
+"""The router in-process on port 0: real Redis, scripted heads, and the real cloud client against a fake cloud."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
 
 import grpc
 import pytest
 
+from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import HeadDone, HeadText
-from router_svc.server import create_server
+from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import errors
 from spiral_common.config import load_settings
 from spiral_common.logs import REQUEST_ID_HEADER
+from spiral_common.specs import load_providers
+from tests.fake_cloud import Behaviour, FakeCloud, providers_json
 from tests.helpers import reason_of
 
-
-class ScriptedHead:
-    """Answers every prompt with the same pieces, or fails with a given domain error."""
-
-    def __init__(self, pieces=("Hello", ", ", "world"), error: errors.SpiralError | None = None) -> None:
-        self.pieces, self.error, self.requests = pieces, error, []
-
-    async def generate(self, request, *, head, request_id):
-        self.requests.append((request, request_id))
-        if self.error:
-            raise self.error
-        for piece in self.pieces:
-            yield HeadText(piece)
-        yield HeadDone("stop", 11, len(self.pieces), "default", "")
+ADMIN = (("authorization", "Bearer admin-secret"),)
 
 
-async def _router(head):
-    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_ROUTER_INSTANCE": "canary"})
-    runtime = create_server(settings, head, port=0)
-    await runtime.start()
-    return runtime, grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+class ScriptedHeads:
+    """Each head answers with its script (text, or a domain error, after an optional delay)."""
+
+    def __init__(self, scripts: dict[str, object] | None = None, delays: dict[str, float] | None = None) -> None:
+        self.scripts = scripts or {}
+        self.delays = delays or {}
+        self.calls: list[tuple[str, object, str]] = []
+        self.cancelled: list[str] = []
+
+    async def generate(self, request, *, head, request_id, head_sampling=False):
+        self.calls.append((head, request, request_id))
+        script = self.scripts.get(head, "Paris is the capital of France.")
+        try:
+            await asyncio.sleep(self.delays.get(head, 0))
+        except asyncio.CancelledError:
+            self.cancelled.append(head)
+            raise
+        if isinstance(script, Exception):
+            raise script
+        for word in str(script).split(" "):
+            yield HeadText(word + " ")
+        yield HeadDone("stop", 12, len(str(script).split()), head, "")
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    fake = FakeCloud()
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture
-async def router():
-    head = ScriptedHead()
-    runtime, channel = await _router(head)
-    yield router_pb2_grpc.RouterServiceStub(channel), head, channel
-    await channel.close()
-    await runtime.server.stop(None)
+def providers_file(cloud, tmp_path):
+    path = tmp_path / "providers.json"
+    path.write_text(json.dumps(providers_json(cloud)))
+    cloud.behaviours.clear()
+    cloud.requests.clear()
+    return path
 
 
-def _ask(text="hi", **params):
+class Router:
+    def __init__(self, runtime, channel, heads, redis, prefix):
+        self.runtime, self.channel, self.heads, self.redis, self.prefix = runtime, channel, heads, redis, prefix
+        self.stub = router_pb2_grpc.RouterServiceStub(channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+
+    async def budget(self) -> admin_pb2.GetBudgetResponse:
+        return await self.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=ADMIN)
+
+
+@pytest.fixture
+async def make_router(redis_client, prefix, providers_file):
+    started = []
+
+    async def make(heads=None, council="precise,concise,creative", **env) -> Router:
+        heads = heads or ScriptedHeads()
+        settings = load_settings(
+            {
+                "SPIRAL_PROFILE": "quick_test",
+                "SPIRAL_REDIS_PREFIX": prefix,
+                "SPIRAL_COUNCIL_HEADS": council,
+                "SPIRAL_CLOUD_PROVIDERS_FILE": str(providers_file),
+                "SPIRAL_COUNCIL_DEADLINE_S": "2",
+                **{f"SPIRAL_{k.upper()}": str(v) for k, v in env.items()},
+            }
+        )
+        providers = load_providers(settings.cloud_providers_file)
+        client = OpenAICompatibleClient(
+            {p.name: "test-key" for p in providers}, providers, timeout_s=5, stall_timeout_s=0.5
+        )
+        deps = RouterDeps(
+            heads=heads,
+            redis=redis_client,
+            cloud_client=client,
+            providers=providers,
+            admin_token="admin-secret",
+            clock=lambda: datetime(2026, 11, 25, 12, tzinfo=UTC),
+        )
+        runtime = create_server(settings, deps, port=0)
+        await runtime.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+        started.append((runtime, channel))
+        return Router(runtime, channel, heads, redis_client, prefix)
+
+    yield make
+    for runtime, channel in started:
+        await channel.close()
+        await runtime.server.stop(None)
+
+
+def ask(text="What is the capital of France?", **params) -> dict:
     return dict(
         messages=[chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content=text)],
         params=chat_pb2.GenerationParams(**params),
     )
 
 
-async def test_orchestrate_answers_with_a_decision_trace(router):
-    stub, head, _ = router
-    reply = await stub.Orchestrate(router_pb2.OrchestrateRequest(**_ask()), metadata=((REQUEST_ID_HEADER, "req-42"),))
-    assert reply.text == "Hello, world"
-    assert reply.finish_reason == chat_pb2.FINISH_REASON_STOP
-    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (11, 3)
+# -- the cascade, tier by tier ----------------------------------------------------------------------
+
+
+async def test_agreeing_council_answers_and_every_candidate_is_scored(make_router):
+    router = await make_router()
+    reply = await router.stub.Orchestrate(
+        router_pb2.OrchestrateRequest(**ask()), metadata=((REQUEST_ID_HEADER, "r-1"),)
+    )
     trace = reply.trace
-    assert (trace.request_id, trace.tier, trace.router_instance) == ("req-42", router_pb2.TIER_HEAD, "canary")
-    assert [(s.tier, s.outcome) for s in trace.steps] == [(router_pb2.TIER_HEAD, router_pb2.TIER_OUTCOME_ANSWERED)]
-    assert trace.cost_usd_micros == 0
-    assert head.requests[0][1] == "req-42"  # the request id travels on to the head
+    assert trace.tier == router_pb2.TIER_COUNCIL and reply.text == "Paris is the capital of France."
+    assert [s.tier for s in trace.steps] == [router_pb2.TIER_CACHE, router_pb2.TIER_PATTERN, router_pb2.TIER_COUNCIL]
+    assert [c.head for c in trace.candidates] == ["precise", "concise", "creative"]
+    assert sum(c.winner for c in trace.candidates) == 1
+    assert all(c.agreement == pytest.approx(1.0) for c in trace.candidates)
+    assert trace.cost_usd_micros == 0 and trace.request_id == "r-1"
+    assert {call[2] for call in router.heads.calls} == {"r-1"}
 
 
-async def test_stream_yields_deltas_then_one_end_with_trace(router):
-    stub, _, _ = router
-    events = [e async for e in stub.OrchestrateStream(router_pb2.OrchestrateStreamRequest(**_ask()))]
-    assert [e.delta.text for e in events[:-1]] == ["Hello", ", ", "world"]
-    assert events[-1].HasField("end")
+async def test_a_repeated_request_is_answered_from_the_cache(make_router):
+    router = await make_router()
+    first = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(temperature=0.0)))
+    calls = len(router.heads.calls)
+    second = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(temperature=0.0)))
+    assert second.trace.tier == router_pb2.TIER_CACHE and second.text == first.text
+    assert len(router.heads.calls) == calls  # no head was asked
+    assert second.answer_id != first.answer_id
+
+
+async def test_requests_differing_in_one_parameter_never_share_an_entry(make_router):
+    router = await make_router()
+    await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(temperature=0.0)))
+    for params in [
+        dict(temperature=0.1),
+        dict(temperature=0.0, max_tokens=31),
+        dict(temperature=0.0, seed=7),
+        dict(temperature=0.0, stop=["\n"]),
+        dict(temperature=0.0, top_p=0.5),
+    ]:
+        reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(**params)))
+        assert reply.trace.tier == router_pb2.TIER_COUNCIL, params
+
+
+async def test_an_adapter_change_never_serves_the_old_adapters_answer(make_router):
+    router = await make_router()
+    await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    await router.redis.set(f"{router.prefix}adapter_version:main", "v2")
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert reply.trace.tier == router_pb2.TIER_COUNCIL
+    assert (await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))).trace.tier == router_pb2.TIER_CACHE
+
+
+async def test_a_cached_answer_replays_as_a_stream(make_router):
+    router = await make_router()
+    streamed = [e async for e in router.stub.OrchestrateStream(router_pb2.OrchestrateStreamRequest(**ask()))]
+    replay = [e async for e in router.stub.OrchestrateStream(router_pb2.OrchestrateStreamRequest(**ask()))]
+    text = lambda events: "".join(e.delta.text for e in events if e.HasField("delta"))  # noqa: E731
+    assert text(replay) == text(streamed) == "Paris is the capital of France."
+    assert replay[-1].end.trace.tier == router_pb2.TIER_CACHE
+    assert replay[-1].end.finish_reason == chat_pb2.FINISH_REASON_STOP
+
+
+@pytest.mark.parametrize(
+    ("prompt", "answer"),
+    [
+        ("what is 17 * 23?", "17 * 23 = 391"),
+        ("hello!", "Hello! How can I help you today?"),
+        ("What is today's date?", "Today is Wednesday, 25 November 2026 (UTC: 2026-11-25)."),
+    ],
+)
+async def test_the_pattern_head_answers_exactly_without_asking_a_head(make_router, prompt, answer):
+    router = await make_router()
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(prompt)))
+    assert (reply.trace.tier, reply.text) == (router_pb2.TIER_PATTERN, answer)
+    assert not router.heads.calls
+
+
+async def test_stragglers_past_the_deadline_are_cancelled_and_the_rest_vote(make_router):
+    heads = ScriptedHeads(delays={"creative": 30})
+    router = await make_router(heads)
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert reply.trace.tier == router_pb2.TIER_COUNCIL
+    creative = next(c for c in reply.trace.candidates if c.head == "creative")
+    assert creative.error == "DEADLINE_EXCEEDED" and not creative.winner
+    assert heads.cancelled == ["creative"]
+
+
+async def test_a_single_member_council_streams_the_head_directly(make_router):
+    router = await make_router(council="precise")
+    events = [e async for e in router.stub.OrchestrateStream(router_pb2.OrchestrateStreamRequest(**ask()))]
+    assert len([e for e in events if e.HasField("delta")]) == 6  # one message per piece, as the head sent them
     assert events[-1].end.trace.tier == router_pb2.TIER_HEAD
-    assert events[-1].end.trace.request_id  # generated when the caller sent none
 
 
-async def test_defaults_are_applied_before_the_head_sees_the_request(router):
-    stub, head, _ = router
-    await stub.Orchestrate(router_pb2.OrchestrateRequest(**_ask()))
-    request, _ = head.requests[0]
-    assert request.max_tokens == 32  # quick_test's SPIRAL_DEFAULT_MAX_TOKENS
+# -- the cloud and the cost guard ------------------------------------------------------------------------
+
+
+DISAGREE = {"precise": "Paris.", "concise": "Lyon is big.", "creative": "Bananas dance tonight."}
+
+
+async def test_local_failure_falls_to_the_cloud_which_is_paid_and_logged(make_router, cloud):
+    router = await make_router(ScriptedHeads(DISAGREE))
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=8)))
+    assert reply.trace.tier == router_pb2.TIER_CLOUD and reply.text == "The cloud says hello."
+    # 20 prompt tokens at $1/M plus 4 completion tokens at $2/M = 28 micro-dollars
+    assert reply.trace.cost_usd_micros == 28
+    council = next(s for s in reply.trace.steps if s.tier == router_pb2.TIER_COUNCIL)
+    assert council.outcome == router_pb2.TIER_OUTCOME_FAILED
+    budget = await router.budget()
+    assert (budget.spent_usd_micros, budget.reserved_usd_micros) == (28, 0)
+    entries = await router.redis.xrange(f"{router.prefix}traffic")
+    exchange = json.loads(entries[-1][1][b"exchange"])
+    assert (exchange["tier"], exchange["teacher_answer"], exchange["cost_usd_micros"]) == ("cloud", reply.text, 28)
+
+
+async def test_all_heads_failing_falls_to_the_cloud(make_router):
+    busy = errors.HeadBusy("busy", retry_after_ms=10)
+    router = await make_router(ScriptedHeads({h: busy for h in ("precise", "concise", "creative")}))
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert reply.trace.tier == router_pb2.TIER_CLOUD
+    assert {c.error for c in reply.trace.candidates} == {"HEAD_BUSY"}
+
+
+@pytest.mark.parametrize("failure", ["error", "break", "stall"])
+async def test_a_failing_provider_falls_over_to_the_next(make_router, cloud, failure):
+    cloud.behaviours["primary"] = Behaviour(mode=failure)
+    cloud.behaviours["secondary"] = Behaviour(text="Second opinion.")
+    router = await make_router(ScriptedHeads(DISAGREE))
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert reply.text == "Second opinion."
+    outcomes = [(s.detail.split()[0], s.outcome) for s in reply.trace.steps if s.tier == router_pb2.TIER_CLOUD]
+    assert outcomes == [("primary", router_pb2.TIER_OUTCOME_FAILED), ("secondary", router_pb2.TIER_OUTCOME_ANSWERED)]
+    assert (await router.budget()).reserved_usd_micros == 0
+
+
+async def test_when_every_provider_fails_the_best_local_answer_is_served_and_nothing_is_cached(make_router, cloud):
+    cloud.behaviours["primary"] = cloud.behaviours["secondary"] = Behaviour(mode="error")
+    router = await make_router(ScriptedHeads(DISAGREE))
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert reply.trace.tier == router_pb2.TIER_COUNCIL
+    again = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert again.trace.tier != router_pb2.TIER_CACHE  # a fallback answer is not cached
+    assert (await router.budget()).spent_usd_micros == 0
+
+
+async def test_the_per_request_cap_lowers_max_tokens_when_that_fits(make_router, cloud):
+    # worst case at max_tokens=200: (prompt bytes + 8) * $1/M + 200 * $2/M > a 300 micro-dollar cap
+    router = await make_router(ScriptedHeads(DISAGREE), per_request_cap_usd_micros=300)
+    await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=200)))
+    assert cloud.requests[-1]["max_tokens"] < 200
+    prompt_bound = len("What is the capital of France?") + 8
+    assert prompt_bound * 1 + cloud.requests[-1]["max_tokens"] * 2 <= 300
+
+
+async def test_a_cap_the_prompt_alone_breaks_refuses_with_budget_exceeded(make_router, cloud):
+    router = await make_router(ScriptedHeads(DISAGREE), per_request_cap_usd_micros=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    code, reason, metadata = reason_of(caught.value)
+    assert (code, reason, metadata["subject"]) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "BUDGET_EXCEEDED",
+        "per_request_cap",
+    )
+    assert not cloud.requests
+
+
+async def test_a_spent_pool_refuses_the_cloud_but_local_tiers_keep_answering(make_router, cloud):
+    router = await make_router(ScriptedHeads(DISAGREE), daily_pool_usd_micros=100)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=200)))
+    assert reason_of(caught.value)[:2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+    assert (await router.budget()).reserved_usd_micros == 0
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask("what is 2+2?")))
+    assert reply.trace.tier == router_pb2.TIER_PATTERN
+
+
+# -- vote, feedback, admin -----------------------------------------------------------------------------
+
+
+async def test_vote_returns_every_candidate_best_first(make_router):
+    router = await make_router(ScriptedHeads({"creative": "Something else entirely."}))
+    reply = await router.stub.Vote(router_pb2.VoteRequest(**ask()))
+    scores = [c.score for c in reply.candidates]
+    assert scores == sorted(scores, reverse=True) and len(scores) == 3
+    assert reply.candidates[0].winner and reply.accepted
+    assert reply.candidates[-1].head == "creative"
+
+
+async def test_feedback_attaches_to_a_logged_answer(make_router):
+    router = await make_router()
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    await router.stub.SubmitFeedback(
+        router_pb2.SubmitFeedbackRequest(answer_id=reply.answer_id, rating=router_pb2.RATING_BAD, comment="wrong")
+    )
+    kind, fields = (await router.redis.xrange(f"{router.prefix}traffic"))[-1]
+    assert (fields[b"kind"], fields[b"answer_id"], fields[b"rating"]) == (b"feedback", reply.answer_id.encode(), b"bad")
+    for request, reason in [
+        (router_pb2.SubmitFeedbackRequest(answer_id="nope", rating=router_pb2.RATING_GOOD), "ANSWER_NOT_FOUND"),
+        (router_pb2.SubmitFeedbackRequest(answer_id=reply.answer_id), "INVALID_RATING"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await router.stub.SubmitFeedback(request)
+        assert reason_of(caught.value)[1] == reason
+
+
+async def test_admin_calls_need_the_token(make_router):
+    router = await make_router()
+    for metadata, reason in [((), "BAD_ADMIN_TOKEN"), ((("authorization", "Bearer wrong"),), "BAD_ADMIN_TOKEN")]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await router.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=metadata)
+        assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, reason)
+    budget = await router.budget()
+    assert (budget.day, budget.pool_usd_micros, budget.per_request_cap_usd_micros) == ("2026-11-25", 100_000, 20_000)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "code", "reason"),
     [
         (dict(messages=[]), grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_MESSAGES"),
-        (_ask(max_tokens=-1), grpc.StatusCode.INVALID_ARGUMENT, "MAX_TOKENS_OUT_OF_RANGE"),
-        ({**_ask(), "model": "gpt-4"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
+        (ask(max_tokens=-1), grpc.StatusCode.INVALID_ARGUMENT, "MAX_TOKENS_OUT_OF_RANGE"),
+        ({**ask(), "model": "gpt-4"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
     ],
 )
-async def test_bad_requests_are_refused_with_a_reason(router, kwargs, code, reason):
-    stub, head, _ = router
+async def test_bad_requests_are_refused_with_a_reason(make_router, kwargs, code, reason):
+    router = await make_router()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Orchestrate(router_pb2.OrchestrateRequest(**kwargs))
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**kwargs))
     assert reason_of(caught.value)[:2] == (code, reason)
-    assert not head.requests
+    assert not router.heads.calls
 
 
-@pytest.mark.parametrize(
-    ("error", "code", "reason"),
-    [
-        (errors.Unavailable("loading", reason="MODEL_NOT_LOADED"), grpc.StatusCode.UNAVAILABLE, "MODEL_NOT_LOADED"),
-        (errors.HeadBusy("busy", retry_after_ms=100), grpc.StatusCode.RESOURCE_EXHAUSTED, "HEAD_BUSY"),
-    ],
-)
-async def test_head_failures_reach_the_caller_with_their_reason(error, code, reason):
-    runtime, channel = await _router(ScriptedHead(error=error))
+async def test_an_unexpected_exception_is_internal_with_a_generic_message(make_router):
+    router = await make_router(
+        ScriptedHeads({h: RuntimeError("secret detail") for h in ("precise",)}), council="precise"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await router_pb2_grpc.RouterServiceStub(channel).Orchestrate(router_pb2.OrchestrateRequest(**_ask()))
-    await channel.close()
-    await runtime.server.stop(None)
-    assert reason_of(caught.value)[:2] == (code, reason)
-
-
-async def test_an_unexpected_exception_is_internal_with_a_generic_message():
-    runtime, channel = await _router(ScriptedHead(error=RuntimeError("secret detail")))  # type: ignore[arg-type]
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await router_pb2_grpc.RouterServiceStub(channel).Orchestrate(router_pb2.OrchestrateRequest(**_ask()))
-    await channel.close()
-    await runtime.server.stop(None)
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in caught.value.details()
-
-
-async def test_rpcs_of_later_issues_are_unimplemented_naming_what_is_missing(router):
-    stub, _, channel = router
-    admin = admin_pb2_grpc.AdminServiceStub(channel)
-    calls = [
-        (stub.Vote(router_pb2.VoteRequest(**_ask())), "council"),
-        (stub.SubmitFeedback(router_pb2.SubmitFeedbackRequest(answer_id="x")), "traffic log"),
-        (admin.GetBudget(admin_pb2.GetBudgetRequest()), "daily pool"),
-        (admin.SetCanaryWeight(admin_pb2.SetCanaryWeightRequest(percent=25)), "canary"),
-        (admin.ReloadAdapter(admin_pb2.ReloadAdapterRequest(version="latest")), "hot reload"),
-    ]
-    for call, missing in calls:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call
-        assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED")
-        assert missing in caught.value.details()

@@ -20,7 +20,7 @@ def test_models_lists_spiral(client):
     assert [m.id for m in client.models.list()] == ["spiral"]
 
 
-def test_chat_completion_is_answered_by_the_local_head(client):
+def test_chat_completion_is_answered_locally_by_the_council(client):
     reply = client.chat.completions.create(model="spiral", messages=HELLO, max_tokens=16, temperature=0)
     choice = reply.choices[0]
     assert choice.message.role == "assistant"
@@ -29,8 +29,10 @@ def test_chat_completion_is_answered_by_the_local_head(client):
     assert 0 < reply.usage.completion_tokens <= 16
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     trace = reply.model_extra["spiral_trace"]
-    assert trace["tier"] == "TIER_HEAD"
+    assert trace["tier"] in ("TIER_COUNCIL", "TIER_CACHE")  # no cloud keys here: the best local answer serves
     assert trace["router_instance"] in ("main", "canary")
+    if trace["tier"] == "TIER_COUNCIL":
+        assert [c["head"] for c in trace["candidates"]] == ["precise", "concise", "creative"]
 
 
 def test_streamed_chat_completion_arrives_as_sse_chunks(client):
@@ -50,7 +52,7 @@ def test_streamed_chat_completion_arrives_as_sse_chunks(client):
     assert finishes in (["stop"], ["length"])
     assert len(usage) == 1 and 0 < usage[0].completion_tokens <= 16
     unary = client.chat.completions.create(model="spiral", messages=HELLO, max_tokens=16, temperature=0)
-    assert text == unary.choices[0].message.content  # same answer at temperature 0, streamed or not
+    assert text == unary.choices[0].message.content  # the same request, streamed or not, has the same answer
 
 
 @pytest.mark.parametrize(
@@ -96,13 +98,37 @@ def test_request_id_travels_from_gateway_to_head(platform, client):
     assert '"request_id": "trace-me-123"' in head_log.read_text()
 
 
-def test_orchestrate_returns_answer_and_trace(gateway_url):
-    reply = httpx.post(f"{gateway_url}/orchestrate", json={"messages": HELLO, "max_tokens": 8}, timeout=30)
+def test_orchestrate_returns_answer_and_trace_and_takes_feedback(gateway_url):
+    reply = httpx.post(f"{gateway_url}/orchestrate", json={"messages": HELLO, "max_tokens": 8}, timeout=60)
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["text"] and body["answer_id"]
-    assert body["trace"]["tier"] == "TIER_HEAD"
+    assert body["trace"]["tier"] in ("TIER_COUNCIL", "TIER_CACHE")
     assert reply.headers["x-request-id"] == body["trace"]["request_id"]
+    rated = httpx.post(f"{gateway_url}/feedback", json={"answer_id": body["answer_id"], "rating": "good"})
+    assert rated.json() == {"recorded": True}
+    unknown = httpx.post(f"{gateway_url}/feedback", json={"answer_id": "nope", "rating": "good"})
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "ANSWER_NOT_FOUND")
+
+
+def test_the_pattern_head_answers_arithmetic_exactly(client):
+    reply = client.chat.completions.create(model="spiral", messages=[{"role": "user", "content": "What is 12*12?"}])
+    assert reply.choices[0].message.content == "12*12 = 144"
+    assert reply.model_extra["spiral_trace"]["tier"] == "TIER_PATTERN"
+
+
+def test_vote_shows_every_candidate(gateway_url):
+    reply = httpx.post(f"{gateway_url}/vote", json={"messages": HELLO, "max_tokens": 8}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    heads = sorted(c["head"] for c in reply.json()["candidates"])
+    assert heads == ["concise", "creative", "precise"]
+
+
+def test_admin_budget_needs_the_token(platform, gateway_url):
+    assert httpx.get(f"{gateway_url}/admin/budget").status_code == 401
+    token = (platform.run / "secrets.env").read_text().split("SPIRAL_ADMIN_TOKEN=")[1].strip()
+    budget = httpx.get(f"{gateway_url}/admin/budget", headers={"authorization": f"Bearer {token}"}).json()
+    assert (budget["pool_usd_micros"], budget["spent_usd_micros"]) == ("100000", "0")
 
 
 def test_openapi_document_is_published(gateway_url):

@@ -60,7 +60,7 @@ class TierStep(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., outcome: _Optional[_Union[TierOutcome, str]] = ..., latency_us: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
-    __slots__ = ("head", "text", "score", "agreement", "length_penalty", "diversity_bonus", "winner", "latency_us", "adapter_version")
+    __slots__ = ("head", "text", "score", "agreement", "length_penalty", "diversity_bonus", "winner", "latency_us", "adapter_version", "error")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,7 @@ class Candidate(_message.Message):
     WINNER_FIELD_NUMBER: _ClassVar[int]
     LATENCY_US_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     head: str
     text: str
     score: float
@@ -79,7 +80,8 @@ class Candidate(_message.Message):
     winner: bool
     latency_us: int
     adapter_version: str
-    def __init__(self, head: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., agreement: _Optional[float] = ..., length_penalty: _Optional[float] = ..., diversity_bonus: _Optional[float] = ..., winner: _Optional[bool] = ..., latency_us: _Optional[int] = ..., adapter_version: _Optional[str] = ...) -> None: ...
+    error: str
+    def __init__(self, head: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., agreement: _Optional[float] = ..., length_penalty: _Optional[float] = ..., diversity_bonus: _Optional[float] = ..., winner: _Optional[bool] = ..., latency_us: _Optional[int] = ..., adapter_version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DecisionTrace(_message.Message):
     __slots__ = ("request_id", "tier", "steps", "cost_usd_micros", "candidates", "router_instance", "adapter_version", "total_latency_us", "first_token_latency_us")

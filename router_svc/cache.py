@@ -1,0 +1,65 @@
+"""The cache tier: answers in Redis, keyed by a SHA-256 over everything that changes an answer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from spiral_common.chat import ChatRequest
+
+# One round trip: read the adapter version now serving this router's heads, then the entry of the
+# request under that version. An adapter change therefore never serves an answer of the old one.
+# KEYS[1]: adapter version key. ARGV[1]: entry key prefix, ARGV[2]: request digest.
+_LOOKUP = """
+local version = redis.call('GET', KEYS[1]) or ''
+return {version, redis.call('GET', ARGV[1] .. version .. ':' .. ARGV[2])}
+"""
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    tier: str  # the tier that first produced it
+    adapter_version: str
+
+
+def request_digest(chat: ChatRequest) -> str:
+    """SHA-256 over the normalised request: messages and every generation parameter, and the model."""
+    canonical = {
+        "messages": [[m.role, m.content] for m in chat.messages],
+        "max_tokens": chat.max_tokens,
+        "temperature": round(chat.temperature, 6),
+        "top_p": round(chat.top_p, 6),
+        "stop": list(chat.stop),
+        "seed": chat.seed,
+        "model": chat.model,
+    }
+    return hashlib.sha256(json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+class AnswerCache:
+    """Exact-match answers with a TTL. Payloads are JSON (never pickle); errors are never stored."""
+
+    def __init__(self, redis: Redis, *, prefix: str, instance: str, ttl_s: int) -> None:
+        self.redis = redis
+        self.entry_prefix = f"{prefix}cache:"
+        self.version_key = f"{prefix}adapter_version:{instance}"
+        self.ttl_s = ttl_s
+        self._lookup = redis.register_script(_LOOKUP)
+
+    async def get(self, chat: ChatRequest) -> tuple[CachedAnswer | None, str, str]:
+        """(the answer or None, the adapter version now serving, the entry key to store under)."""
+        digest = request_digest(chat)
+        version, raw = await self._lookup(keys=[self.version_key], args=[self.entry_prefix, digest])
+        version = version.decode() if isinstance(version, bytes) else version
+        key = f"{self.entry_prefix}{version}:{digest}"
+        return (CachedAnswer(**json.loads(raw)) if raw else None), version, key
+
+    async def put(self, key: str, answer: CachedAnswer) -> None:
+        await self.redis.set(key, json.dumps(asdict(answer)), ex=self.ttl_s)

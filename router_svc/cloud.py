@@ -1,0 +1,221 @@
+"""The cloud tier: OpenAI-compatible providers in fall-over order, under the per-request cap and the daily pool.
+
+Before a call the worst case is reserved from the daily pool: every prompt byte counted as a token
+(a BPE token is at least one byte, so this bounds any provider's tokenizer) plus max_tokens, at the
+provider's prices. Above the per-request cap, max_tokens is lowered to fit, or the request is refused.
+After the call the reservation is settled with the provider's reported usage; on every other exit
+(error, stall, timeout, our caller cancelling) it is settled with what may have been billed, or
+released when nothing was. Answers are read whole before they are returned, so a provider that
+breaks mid-stream can be replaced by the next one without the client seeing half an answer twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import openai
+
+from spiral_common.budget import BudgetLedger, Reservation
+from spiral_common.chat import ChatRequest
+from spiral_common.errors import BudgetExceeded, Unavailable
+from spiral_common.specs import CloudProvider
+
+log = logging.getLogger(__name__)
+MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators a chat format adds per message
+
+
+@dataclass(frozen=True)
+class ProviderReply:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ProviderFailure(Exception):
+    """A provider call failed; `billable_tokens` says how many completion tokens it may still charge."""
+
+    def __init__(self, reason: str, detail: str, billable_tokens: int = 0) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.billable_tokens = billable_tokens
+
+
+class ProviderClient(Protocol):
+    async def complete(self, provider: CloudProvider, chat: ChatRequest, max_tokens: int) -> ProviderReply: ...
+
+
+class OpenAICompatibleClient:
+    """Streams a chat completion with the official openai client; a silent stream counts as broken."""
+
+    def __init__(
+        self, keys: dict[str, str], providers: list[CloudProvider], *, timeout_s: float, stall_timeout_s: float
+    ):
+        # No retries inside the client: falling over to the next provider is the retry.
+        self._clients = {
+            p.name: openai.AsyncOpenAI(base_url=p.base_url, api_key=keys[p.name], timeout=timeout_s, max_retries=0)
+            for p in providers
+        }
+        self.timeout_s = timeout_s
+        self.stall_timeout_s = stall_timeout_s
+
+    async def complete(self, provider: CloudProvider, chat: ChatRequest, max_tokens: int) -> ProviderReply:
+        client = self._clients[provider.name]
+        pieces: list[str] = []
+        finish, usage = "stop", None
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                stream = await client.chat.completions.create(
+                    model=provider.model,
+                    messages=[{"role": m.role, "content": m.content} for m in chat.messages],
+                    max_tokens=max_tokens,
+                    temperature=chat.temperature,
+                    top_p=chat.top_p,
+                    stop=list(chat.stop) or None,
+                    seed=chat.seed,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                chunks = aiter(stream)
+                try:
+                    while True:
+                        try:
+                            chunk = await asyncio.wait_for(anext(chunks), self.stall_timeout_s)
+                        except StopAsyncIteration:
+                            break
+                        if chunk.usage:
+                            usage = chunk.usage
+                        for choice in chunk.choices:
+                            pieces.append(choice.delta.content or "")
+                            finish = choice.finish_reason or finish
+                finally:
+                    await stream.close()
+        except TimeoutError as exc:
+            raise ProviderFailure("PROVIDER_STALLED", f"no data for {self.stall_timeout_s}s", len(pieces)) from exc
+        except openai.APIError as exc:
+            raise ProviderFailure("PROVIDER_ERROR", f"{type(exc).__name__}: {exc}", len(pieces)) from exc
+        if usage is None:
+            raise ProviderFailure("PROVIDER_NO_USAGE", "the stream ended without usage", len(pieces))
+        if finish not in ("stop", "length"):
+            finish = "stop"
+        return ProviderReply("".join(pieces), finish, usage.prompt_tokens, usage.completion_tokens)
+
+
+@dataclass
+class Attempt:
+    provider: str
+    outcome: str  # "answered", "failed", "refused", "skipped"
+    latency_us: int
+    detail: str = ""
+
+
+@dataclass
+class CloudAnswer:
+    provider: str
+    reply: ProviderReply
+    cost_usd_micros: int
+    max_tokens: int
+
+
+def cost_usd_micros(prompt_tokens: int, completion_tokens: int, provider: CloudProvider) -> int:
+    """Integer micro-dollars, rounded up."""
+    numerator = (
+        prompt_tokens * provider.input_usd_micros_per_million_tokens
+        + completion_tokens * provider.output_usd_micros_per_million_tokens
+    )
+    return -(-numerator // 1_000_000)
+
+
+def prompt_token_bound(chat: ChatRequest) -> int:
+    return sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in chat.messages)
+
+
+class CloudFallback:
+    def __init__(
+        self,
+        providers: list[CloudProvider],
+        client: ProviderClient,
+        ledger: BudgetLedger,
+        *,
+        per_request_cap_usd_micros: int,
+    ) -> None:
+        self.providers = providers
+        self.client = client
+        self.ledger = ledger
+        self.cap = per_request_cap_usd_micros
+
+    def plan(self, provider: CloudProvider, chat: ChatRequest) -> int:
+        """The max_tokens this provider may use within the per-request cap (0: it cannot fit)."""
+        prompt_bound = prompt_token_bound(chat)
+        if cost_usd_micros(prompt_bound, chat.max_tokens, provider) <= self.cap:
+            return chat.max_tokens
+        room = self.cap * 1_000_000 - prompt_bound * provider.input_usd_micros_per_million_tokens
+        return max(room // provider.output_usd_micros_per_million_tokens, 0)
+
+    async def _close(self, reservation: Reservation, provider: CloudProvider, prompt_bound: int, billable: int) -> None:
+        """Settle what a failed call may have cost, or release it when no token came back.
+
+        Shielded: the bookkeeping finishes even while our own task is being cancelled."""
+        if billable:
+            await asyncio.shield(self.ledger.settle(reservation, cost_usd_micros(prompt_bound, billable, provider)))
+        else:
+            await asyncio.shield(self.ledger.release(reservation))
+
+    async def answer(self, chat: ChatRequest, attempts: list[Attempt]) -> CloudAnswer:
+        """The first provider that answers within budget; BudgetExceeded or Unavailable otherwise.
+
+        Each provider tried is appended to `attempts`, whatever the outcome."""
+        refusal: BudgetExceeded | None = None
+        for provider in self.providers:
+            started = time.perf_counter()
+            max_tokens = self.plan(provider, chat)
+            if max_tokens < 1:
+                refusal = BudgetExceeded(
+                    f"the prompt alone would cost more than the per-request cap of {self.cap} micro-USD at "
+                    f"{provider.name}'s prices",
+                    subject="per_request_cap",
+                    limit_usd_micros=self.cap,
+                    provider=provider.name,
+                )
+                attempts.append(Attempt(provider.name, "refused", _since_us(started), "PER_REQUEST_CAP"))
+                continue
+            prompt_bound = prompt_token_bound(chat)
+            try:
+                reservation = await self.ledger.reserve(
+                    cost_usd_micros(prompt_bound, max_tokens, provider), subject=f"a {provider.name} call"
+                )
+            except BudgetExceeded as exc:
+                refusal = exc
+                attempts.append(Attempt(provider.name, "refused", _since_us(started), "DAILY_POOL"))
+                continue
+            try:
+                reply = await self.client.complete(provider, chat, max_tokens)
+            except ProviderFailure as exc:
+                await self._close(reservation, provider, prompt_bound, exc.billable_tokens)
+                attempts.append(Attempt(provider.name, "failed", _since_us(started), exc.reason))
+                log.warning("cloud provider failed", extra={"provider": provider.name, "reason": exc.reason})
+                continue
+            except BaseException:
+                # Our caller went away (or we crashed) mid-call: the provider may bill the whole call.
+                await self._close(reservation, provider, prompt_bound, max_tokens)
+                raise
+            actual = cost_usd_micros(reply.prompt_tokens, reply.completion_tokens, provider)
+            await asyncio.shield(self.ledger.settle(reservation, actual))
+            attempts.append(Attempt(provider.name, "answered", _since_us(started)))
+            return CloudAnswer(provider.name, reply, actual, max_tokens)
+        if refusal is not None:
+            raise refusal
+        if not self.providers:
+            raise Unavailable("no cloud provider is configured", reason="NO_CLOUD_PROVIDER")
+        raise Unavailable(
+            "every cloud provider failed: " + ", ".join(f"{a.provider} {a.detail}" for a in attempts),
+            reason="CLOUD_UNAVAILABLE",
+        )
+
+
+def _since_us(started: float) -> int:
+    return int((time.perf_counter() - started) * 1e6)

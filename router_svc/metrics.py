@@ -1,0 +1,68 @@
+"""The router's Prometheus metrics (names follow the conventions: base units, `_total`, `_seconds`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+TIER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RouterMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "spiral_router_requests_total",
+            "Requests by the tier that answered them (none: refused or failed).",
+            ["tier"],
+            registry=registry,
+        )
+        self.tier_latency = Histogram(
+            "spiral_router_tier_duration_seconds",
+            "Time spent in each tier tried, seconds.",
+            ["tier", "outcome"],
+            buckets=TIER_BUCKETS,
+            registry=registry,
+        )
+        self.request_latency = Histogram(
+            "spiral_router_request_duration_seconds",
+            "Time from request to whole answer, by answering tier, seconds.",
+            ["tier"],
+            buckets=TIER_BUCKETS,
+            registry=registry,
+        )
+        self.first_token = Histogram(
+            "spiral_router_time_to_first_token_seconds",
+            "Time from request to the first answer text, seconds.",
+            buckets=TIER_BUCKETS,
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "spiral_cache_lookups_total", "Cache lookups by result (hit, miss).", ["result"], registry=registry
+        )
+        self.cloud_calls = Counter(
+            "spiral_cloud_calls_total",
+            "Cloud provider calls by outcome (answered, failed, refused).",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.cloud_spend = Counter(
+            "spiral_cloud_spend_usd_total", "Settled cloud spend of this router, US dollars.", registry=registry
+        )
+        self.budget_refusals = Counter(
+            "spiral_budget_refusals_total",
+            "Requests refused by the cost guard, by limit.",
+            ["limit"],
+            registry=registry,
+        )
+        self.council_agreement = Histogram(
+            "spiral_council_agreement",
+            "The council winner's agreement with the other candidates, in [0, 1].",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=registry,
+        )
+        self.budget_spent = Gauge(
+            "spiral_budget_spent_usd", "Today's settled spend of the shared pool, US dollars.", registry=registry
+        )
+        self.budget_reserved = Gauge(
+            "spiral_budget_reserved_usd", "Today's outstanding reservations on the pool, US dollars.", registry=registry
+        )
+        self.budget_pool = Gauge("spiral_budget_pool_usd", "The daily pool, US dollars.", registry=registry)

@@ -1,0 +1,86 @@
+"""The daily pool: atomic reservations, settlement, expiry, and the UTC reset (real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from spiral_common.budget import BudgetLedger
+from spiral_common.errors import BudgetExceeded
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock(datetime(2026, 11, 25, 23, 59, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def ledger(redis_client, prefix, clock):
+    return BudgetLedger(redis_client, prefix=prefix, pool_usd_micros=100_000, reservation_ttl_s=60, clock=clock)
+
+
+async def test_reserve_then_settle_counts_the_real_cost(ledger):
+    reservation = await ledger.reserve(30_000, subject="cloud call")
+    status = await ledger.status()
+    assert (status.spent_usd_micros, status.reserved_usd_micros, status.remaining_usd_micros) == (0, 30_000, 70_000)
+    await ledger.settle(reservation, 1_234)
+    status = await ledger.status()
+    assert (status.spent_usd_micros, status.reserved_usd_micros, status.remaining_usd_micros) == (1_234, 0, 98_766)
+
+
+async def test_release_spends_nothing_and_settling_twice_counts_once(ledger):
+    reservation = await ledger.reserve(50_000, subject="cloud call")
+    await ledger.release(reservation)
+    await ledger.release(reservation)
+    assert (await ledger.status()).remaining_usd_micros == 100_000
+
+
+async def test_a_reservation_past_the_pool_is_refused_and_claims_nothing(ledger):
+    await ledger.reserve(90_000, subject="cloud call")
+    with pytest.raises(BudgetExceeded) as caught:
+        await ledger.reserve(20_000, subject="cloud call")
+    assert caught.value.reason == "BUDGET_EXCEEDED"
+    assert caught.value.metadata["needed_usd_micros"] == "20000"
+    assert (await ledger.status()).reserved_usd_micros == 90_000
+
+
+async def test_concurrent_reservations_never_exceed_the_pool(ledger):
+    async def try_reserve():
+        try:
+            return await ledger.reserve(7_000, subject="cloud call")
+        except BudgetExceeded:
+            return None
+
+    granted = [r for r in await asyncio.gather(*(try_reserve() for _ in range(100))) if r]
+    assert len(granted) == 14  # 14 * 7,000 <= 100,000 < 15 * 7,000
+    assert (await ledger.status()).reserved_usd_micros == 98_000
+
+
+async def test_a_crashed_callers_reservation_expires(ledger, clock):
+    await ledger.reserve(100_000, subject="cloud call")  # the caller dies and never settles
+    clock.now += timedelta(seconds=61)
+    assert (await ledger.status()).reserved_usd_micros == 0
+    await ledger.reserve(100_000, subject="cloud call")
+
+
+async def test_spend_and_reservations_reset_at_midnight_utc(ledger, clock):
+    settled = await ledger.reserve(60_000, subject="cloud call")
+    await ledger.settle(settled, 60_000)
+    await ledger.reserve(40_000, subject="cloud call")
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(1, subject="cloud call")
+    clock.now += timedelta(minutes=1)  # 00:00 UTC
+    status = await ledger.status()
+    assert (status.day, status.spent_usd_micros, status.reserved_usd_micros) == ("2026-11-26", 0, 0)
+    assert status.resets_at == datetime(2026, 11, 27, tzinfo=UTC)
+    await ledger.reserve(100_000, subject="cloud call")
