@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up down status logs test proto lint-proto lint bench render
+.PHONY: help bootstrap up down status logs test proto lint-proto lint bench bench-mesh bench-cascade render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -46,5 +46,11 @@ test: bootstrap
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
 
-bench: bootstrap
+bench: bench-mesh bench-cascade
+
+bench-mesh: bootstrap
 	$(PY) -m bench.mesh
+
+bench-cascade: bootstrap
+	@command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null || sudo apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench.cascade

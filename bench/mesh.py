@@ -25,6 +25,7 @@ from head_svc.engine import LlamaEngine
 from head_svc.model_files import resolve_model_path
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import load_settings
+from spiral_common.specs import load_heads
 
 PROMPTS = [
     "What is the capital of France?",
@@ -69,7 +70,8 @@ def raw_sample(engine: LlamaEngine, system: str, prompt: str, max_tokens: int) -
     return Sample(first[0] - start, outcome.completion_tokens, end - start)
 
 
-def mesh_sample(client: openai.OpenAI, prompt: str, max_tokens: int) -> Sample:
+def mesh_sample(client: openai.OpenAI, prompt: str, max_tokens: int, seed: int) -> Sample:
+    """One streamed answer through the mesh; a fresh seed keeps the cache tier out (greedy ignores it)."""
     start = time.perf_counter()
     first = None
     tokens = 0
@@ -78,6 +80,7 @@ def mesh_sample(client: openai.OpenAI, prompt: str, max_tokens: int) -> Sample:
         messages=[{"role": "user", "content": prompt}],
         max_tokens=max_tokens,
         temperature=0,
+        seed=seed,
         stream=True,
         stream_options={"include_usage": True},
     )
@@ -98,7 +101,8 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir = tempfile.mkdtemp(prefix="spiral-bench-")
-    env = {"SPIRAL_PROFILE": "default", **os.environ, "SPIRAL_RUN_DIR": run_dir, "SPIRAL_LOG_LEVEL": "WARNING"}
+    # One council member: the router streams that head directly, as a raw generation does.
+    env = {"SPIRAL_PROFILE": "default", **os.environ, "SPIRAL_RUN_DIR": run_dir, "SPIRAL_COUNCIL_HEADS": "precise"}
     env.update(free_port_env())
     settings = load_settings(env)
     platform = Platform(settings)
@@ -111,15 +115,17 @@ def main() -> None:
             gpu_layers=settings.head_gpu_layers,
         )
         client = openai.OpenAI(base_url=f"http://{settings.host}:{settings.gateway_port}/v1", api_key="local")
+        system_prompt = load_heads(settings.heads_file)[0].system_prompt  # the "precise" head's
+        seeds = iter(range(1, 1_000_000))
         for prompt in PROMPTS[:2]:  # warm both paths
-            raw_sample(engine, settings.head_system_prompt, prompt, 8)
-            mesh_sample(client, prompt, 8)
+            raw_sample(engine, system_prompt, prompt, 8)
+            mesh_sample(client, prompt, 8, next(seeds))
         raw: list[Sample] = []
         mesh: list[Sample] = []
         for _ in range(args.rounds):
             for prompt in PROMPTS:
-                raw.append(raw_sample(engine, settings.head_system_prompt, prompt, args.max_tokens))
-                mesh.append(mesh_sample(client, prompt, args.max_tokens))
+                raw.append(raw_sample(engine, system_prompt, prompt, args.max_tokens))
+                mesh.append(mesh_sample(client, prompt, args.max_tokens, next(seeds)))
     finally:
         platform.stop()
 
