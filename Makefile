@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up down status logs test proto lint-proto lint bench bench-mesh bench-cascade render
+.PHONY: help bootstrap up down status logs test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -45,6 +45,9 @@ test: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-alerts-e2e: bootstrap
+	$(PY) -m pytest -q -p no:cacheprovider tests/observability
 
 bench: bench-mesh bench-cascade
 

@@ -215,6 +215,15 @@ class Platform:
                 f"{s.envoy_ingress_address} (admin http://127.0.0.1:{s.envoy_admin_port})",
             ),
             Check("gateway", _http_ok(f"http://{h}:{s.gateway_port}/healthz"), f"http://{h}:{s.gateway_port}"),
+            Check("prometheus", _http_ok(f"http://{h}:{s.prometheus_port}/-/ready"), f"http://{h}:{s.prometheus_port}"),
+            Check(
+                "alertmanager",
+                _http_ok(f"http://{h}:{s.alertmanager_port}/-/ready"),
+                f"http://{h}:{s.alertmanager_port}",
+            ),
+            Check(
+                "pushgateway", _http_ok(f"http://{h}:{s.pushgateway_port}/-/ready"), f"http://{h}:{s.pushgateway_port}"
+            ),
         ]
 
     def wait_serving(self, timeout_s: float) -> list[Check]:

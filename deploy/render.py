@@ -16,9 +16,13 @@ from pathlib import Path
 import jinja2
 
 from spiral_common.config import REPO_ROOT, Settings, load_settings, settings_env
+from spiral_common.specs import secret
 
+RULES_FILE = REPO_ROOT / "observability" / "rules" / "spiral.rules.yml"
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader([str(REPO_ROOT / "envoy"), str(REPO_ROOT / "deploy")]),
+    loader=jinja2.FileSystemLoader(
+        [str(REPO_ROOT / "envoy"), str(REPO_ROOT / "deploy"), str(REPO_ROOT / "observability")]
+    ),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
@@ -50,6 +54,62 @@ def render_envoy(settings: Settings) -> str:
             ("trainer", settings.trainer_port),
             ("miner", settings.miner_port),
         ],
+    )
+
+
+def render_prometheus(
+    settings: Settings, *, scrape_interval: str = "15s", evaluation_interval: str = "15s", rules_file: Path = RULES_FILE
+) -> str:
+    h = settings.host
+    return _TEMPLATES.get_template("prometheus.yml.j2").render(
+        s=settings,
+        scrape_interval=scrape_interval,
+        evaluation_interval=evaluation_interval,
+        rules_file=rules_file,
+        targets=[
+            ("spiral-gateway", f"{h}:{settings.gateway_port}", "/metrics"),
+            ("spiral-router-main", f"{h}:{settings.router_main_metrics_port}", "/metrics"),
+            ("spiral-router-canary", f"{h}:{settings.router_canary_metrics_port}", "/metrics"),
+            ("spiral-head", f"{h}:{settings.head_metrics_port}", "/metrics"),
+            ("spiral-trainer", f"{h}:{settings.trainer_metrics_port}", "/metrics"),
+            ("spiral-miner", f"{h}:{settings.miner_metrics_port}", "/metrics"),
+            ("spiral-envoy", f"127.0.0.1:{settings.envoy_admin_port}", "/stats/prometheus"),
+        ],
+    )
+
+
+def _secret_file(directory: Path, name: str, value: str) -> Path | None:
+    """Write a receiver secret to a 0600 file Alertmanager reads (so it never sits in a config)."""
+    if not value:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    return path
+
+
+def render_alertmanager(
+    settings: Settings,
+    secrets_env: dict[str, str],
+    *,
+    group_wait: str = "30s",
+    group_interval: str = "5m",
+    repeat_interval: str = "4h",
+) -> str:
+    directory = settings.run_path / "secrets"
+    return _TEMPLATES.get_template("alertmanager.yml.j2").render(
+        s=settings,
+        group_wait=group_wait,
+        group_interval=group_interval,
+        repeat_interval=repeat_interval,
+        slack_url_file=_secret_file(directory, "slack_api_url", secret("SLACK_WEBHOOK_URL", secrets_env)),
+        slack_channel=secret("SLACK_CHANNEL", secrets_env) or "#spiral-alerts",
+        pagerduty_key_file=_secret_file(
+            directory, "pagerduty_routing_key", secret("PAGERDUTY_ROUTING_KEY", secrets_env)
+        ),
+        pagerduty_url=secret("PAGERDUTY_URL", secrets_env) or "https://events.pagerduty.com/v2/enqueue",
     )
 
 
@@ -87,6 +147,26 @@ def programs(settings: Settings, python: str) -> list[Program]:
             40,
         ),
         Program("gateway", f"{python} -m gateway", 50),
+        Program(
+            "prometheus",
+            f"{shutil.which('prometheus') or 'prometheus'} --config.file={run}/prometheus.yml "
+            f"--storage.tsdb.path={run}/prometheus --web.listen-address={settings.host}:{settings.prometheus_port} "
+            "--storage.tsdb.retention.time=15d --web.enable-lifecycle",
+            60,
+        ),
+        Program(
+            "alertmanager",
+            f"{shutil.which('prometheus-alertmanager') or 'prometheus-alertmanager'} "
+            f"--config.file={run}/alertmanager.yml --storage.path={run}/alertmanager "
+            f"--web.listen-address={settings.host}:{settings.alertmanager_port} --cluster.listen-address=",
+            60,
+        ),
+        Program(
+            "pushgateway",
+            f"{shutil.which('prometheus-pushgateway') or 'prometheus-pushgateway'} "
+            f"--web.listen-address={settings.host}:{settings.pushgateway_port}",
+            60,
+        ),
     ]
 
 
@@ -128,8 +208,11 @@ def render_all(settings: Settings, python: str = sys.executable) -> Path:
     run = settings.run_path
     for sub in ("logs", "redis"):
         (run / sub).mkdir(parents=True, exist_ok=True)
+    secrets_file = ensure_secrets_file(settings)
     (run / "envoy.yaml").write_text(render_envoy(settings))
-    (run / "supervisord.conf").write_text(render_supervisord(settings, python, ensure_secrets_file(settings)))
+    (run / "prometheus.yml").write_text(render_prometheus(settings))
+    (run / "alertmanager.yml").write_text(render_alertmanager(settings, {"SPIRAL_ENV_FILE": str(secrets_file)}))
+    (run / "supervisord.conf").write_text(render_supervisord(settings, python, secrets_file))
     return run
 
 

@@ -44,15 +44,18 @@ class GrpcHeadClient:
         self._stub = head_pb2_grpc.HeadServiceStub(channel)
         self._deadline_s = deadline_s
 
-    async def generate(self, request: ChatRequest, *, head: str, request_id: str) -> AsyncIterator[HeadText | HeadDone]:
+    async def generate(
+        self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
+    ) -> AsyncIterator[HeadText | HeadDone]:
+        sampling = request.requested if head_sampling else request
         call = self._stub.Generate(
             head_pb2.GenerateRequest(
                 head=head,
                 messages=messages_to_proto(request.messages),
                 params=params_to_proto(
                     max_tokens=request.max_tokens,
-                    temperature=request.temperature,
-                    top_p=request.top_p,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
                     stop=request.stop,
                     seed=request.seed,
                 ),
