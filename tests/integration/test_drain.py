@@ -46,7 +46,7 @@ def test_sigterm_during_a_stream_lets_the_stream_finish(tmp_path):
             stream = head_pb2_grpc.HeadServiceStub(channel).Generate(
                 head_pb2.GenerateRequest(
                     messages=[chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content="Tell me a long story.")],
-                    params=chat_pb2.GenerationParams(max_tokens=120, temperature=0.8, seed=1),
+                    params=chat_pb2.GenerationParams(max_tokens=48, temperature=0.8, seed=1),
                 )
             )
             first = next(stream)
