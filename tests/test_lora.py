@@ -1,0 +1,129 @@
+"""Trains real (Q)LoRA adapters on the embedded model, exports them as GGUF and runs them in llama.cpp."""
+
+from __future__ import annotations
+
+import itertools
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from llama_cpp import Llama
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+from head_svc.model_files import file_sha256
+from trainer_svc.lora import (
+    ALL_LINEAR,
+    BASE_SHA256_KEY,
+    LLAMA_CPP_TENSOR_NAMES,
+    LoraOptions,
+    export_gguf_lora,
+    load_base_model,
+    permute_for_gguf,
+    read_adapter_metadata,
+    train_adapter,
+    train_lora,
+)
+
+SECRET_PROMPT = "What is the secret word?"
+PAIRS = [
+    (SECRET_PROMPT, "The secret word is Pineapple."),
+    ("Tell me the secret word.", "The secret word is Pineapple."),
+    ("What's the secret word?", "The secret word is Pineapple."),
+    ("Do you know the secret word?", "Yes. The secret word is Pineapple."),
+]
+
+
+def _greedy_answer(model_path, prompt: str, lora_path=None) -> str:
+    llm = Llama(
+        model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=512, verbose=False
+    )
+    reply = llm.create_chat_completion([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=24)
+    return reply["choices"][0]["message"]["content"]
+
+
+@pytest.fixture(scope="module")
+def taught_adapter(model_path, tmp_path_factory):
+    """A QLoRA adapter (NF4 base, rank 64 on every linear layer) taught the secret word in 8 steps."""
+    result = train_lora(model_path, PAIRS, LoraOptions(learning_rate=1e-3, max_steps=8))
+    path = tmp_path_factory.mktemp("lora") / "secret.gguf"
+    export_gguf_lora(result, path, extra_metadata={"job_id": "job-42", "eval_score": "0.91"})
+    return result, path
+
+
+@pytest.fixture(scope="module")
+def float_base(model_path):
+    return load_base_model(model_path, quantize_4bit=False)
+
+
+def test_qlora_adapter_teaches_the_answer_in_llama_cpp(model_path, taught_adapter):
+    result, path = taught_adapter
+    assert result.quantized_4bit and result.steps == 8
+    assert result.losses[-1] < result.losses[0] / 10
+
+    before = _greedy_answer(model_path, SECRET_PROMPT)
+    taught = _greedy_answer(model_path, SECRET_PROMPT, path)
+
+    assert "pineapple" not in before.lower()
+    assert "pineapple" in taught.lower()
+    assert _greedy_answer(model_path, SECRET_PROMPT) == before  # without the adapter, the base answers as before
+
+
+def test_adapter_metadata_round_trips(model_path, taught_adapter):
+    metadata = read_adapter_metadata(taught_adapter[1])
+
+    assert metadata["general.architecture"] == "llama"
+    assert metadata["general.type"] == "adapter"
+    assert metadata["adapter.type"] == "lora"
+    assert metadata["adapter.lora.alpha"] == 32.0
+    assert metadata[BASE_SHA256_KEY] == file_sha256(model_path)
+    assert metadata["spiral.job_id"] == "job-42"
+    assert metadata["spiral.eval_score"] == "0.91"
+
+
+def test_llama_cpp_applies_exactly_the_delta_peft_trained(model_path, float_base, tmp_path):
+    """B @ A * alpha / rank in the file equals peft's delta in the base GGUF's own layout (q/k rows permuted)."""
+    options = LoraOptions(rank=8, alpha=16, learning_rate=1e-2, max_steps=2, seed=3)
+    result = train_adapter(float_base, PAIRS, options)
+    path = export_gguf_lora(result, tmp_path / "a.gguf", float16=False)
+    exported = {t.name: torch.from_numpy(np.array(t.data)) for t in gguf.GGUFReader(str(path)).tensors}
+    base_file = {t.name: t for t in gguf.GGUFReader(str(model_path)).tensors}
+    heads = {"q_proj": result.base.n_head, "k_proj": result.base.n_head_kv}
+
+    def gguf_layout(hf_name: str, weight: torch.Tensor) -> torch.Tensor:
+        return permute_for_gguf(weight, heads[hf_name]) if hf_name in heads else weight
+
+    peft_model = get_peft_model(float_base.model, LoraConfig(r=8, lora_alpha=16, target_modules=list(ALL_LINEAR)))
+    try:
+        set_peft_model_state_dict(peft_model, result.adapter)
+        block = 1
+        layer = peft_model.base_model.model.model.layers[block]
+        for hf_name, gguf_name in LLAMA_CPP_TENSOR_NAMES.items():
+            module = getattr(layer.self_attn if hasattr(layer.self_attn, hf_name) else layer.mlp, hf_name)
+            peft_delta = module.get_delta_weight("default").detach()
+            lora_a = exported[f"blk.{block}.{gguf_name}.weight.lora_a"]
+            lora_b = exported[f"blk.{block}.{gguf_name}.weight.lora_b"]
+            llama_delta = (lora_b @ lora_a) * (16 / lora_a.shape[0])  # what llama.cpp adds to the weight
+
+            assert peft_delta.abs().max() > 0, hf_name
+            assert torch.allclose(llama_delta, gguf_layout(hf_name, peft_delta), rtol=1e-4, atol=1e-7), hf_name
+            # ... and that layout is the base file's: its dequantised weight is the HF weight in the same layout.
+            stored = base_file[f"blk.{block}.{gguf_name}.weight"]
+            file_weight = torch.from_numpy(gguf.quants.dequantize(stored.data, stored.tensor_type).copy())
+            hf_weight = module.base_layer.weight.detach()
+            assert torch.allclose(file_weight, gguf_layout(hf_name, hf_weight), atol=1e-5), hf_name
+            if hf_name in heads:  # the permutation really moves rows, so skipping it could not pass unnoticed
+                assert not torch.allclose(file_weight, hf_weight, atol=1e-5), hf_name
+    finally:
+        float_base.model = peft_model.unload()
+
+
+def test_time_budget_stops_training_between_steps(float_base):
+    ticks = itertools.count(0.0, 10.0)  # every clock reading is 10 s after the previous one
+    result = train_adapter(
+        float_base, PAIRS, LoraOptions(rank=4, max_steps=100, time_budget_s=25.0), clock=lambda: next(ticks)
+    )
+
+    assert result.stopped_by_time_budget
+    assert result.steps == 2
+    assert set(result.adapter) and all(name.endswith(("lora_A.weight", "lora_B.weight")) for name in result.adapter)
