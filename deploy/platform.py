@@ -39,6 +39,9 @@ PORT_SETTINGS = (
     "head_metrics_port",
     "trainer_metrics_port",
     "miner_metrics_port",
+    "prometheus_port",
+    "alertmanager_port",
+    "pushgateway_port",
 )
 
 
@@ -138,23 +141,12 @@ class Platform:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _ports_in_use(self) -> list[str]:
-        s = self.settings
-        named = {
-            "SPIRAL_REDIS_PORT": s.redis_port,
-            "SPIRAL_ENVOY_INGRESS_PORT": s.envoy_ingress_port,
-            "SPIRAL_ENVOY_ADMIN_PORT": s.envoy_admin_port,
-            "SPIRAL_GATEWAY_PORT": s.gateway_port,
-            "SPIRAL_ROUTER_MAIN_PORT": s.router_main_port,
-            "SPIRAL_ROUTER_CANARY_PORT": s.router_canary_port,
-            "SPIRAL_HEAD_PORT": s.head_port,
-            "SPIRAL_TRAINER_PORT": s.trainer_port,
-            "SPIRAL_MINER_PORT": s.miner_port,
-        }
         busy = []
-        for name, port in named.items():
+        for name in PORT_SETTINGS:
+            port = getattr(self.settings, name)
             with socket.socket() as sock:
-                if sock.connect_ex((s.host, port)) == 0:
-                    busy.append(f"{name}={port}")
+                if port and sock.connect_ex((self.settings.host, port)) == 0:
+                    busy.append(f"SPIRAL_{name.upper()}={port}")
         return busy
 
     def start(self, timeout_s: float = 180.0) -> None:

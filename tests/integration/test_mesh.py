@@ -33,7 +33,10 @@ def test_buf_curl_calls_the_router_through_envoy_by_reflection(platform):
     address = f"http://{platform.settings.envoy_ingress_address}"
     listed = _buf_curl(platform, "--list-services", address)
     assert "spiral.router.v1.RouterService" in listed.stdout.split(), listed.stderr
-    body = {"messages": [{"role": "ROLE_USER", "content": "Hi!"}], "params": {"max_tokens": 8, "temperature": 0}}
+    body = {
+        "messages": [{"role": "ROLE_USER", "content": "Name a colour."}],
+        "params": {"max_tokens": 8, "temperature": 0},
+    }
     reply = _buf_curl(platform, "-d", json.dumps(body), f"{address}/spiral.router.v1.RouterService/Orchestrate")
     assert reply.returncode == 0, reply.stderr
     answer = json.loads(reply.stdout)
@@ -57,6 +60,8 @@ def test_every_service_reports_serving_on_grpc_health(platform):
 
 def test_every_metrics_port_serves_prometheus_text(platform, gateway_url):
     s = platform.settings
+    body = {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 4}
+    assert httpx.post(f"{gateway_url}/orchestrate", json=body, timeout=60).status_code == 200
     ports = [
         s.router_main_metrics_port,
         s.router_canary_metrics_port,
