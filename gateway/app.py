@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from fastapi import FastAPI, Request
@@ -317,6 +317,18 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
+
+    @app.post("/admin/reload", summary="Hot-reload an adapter on the heads (admin token); zero failed requests")
+    async def reload(request: Request, lora: str = "latest", target: Literal["all", "canary"] = "all") -> JSONResponse:
+        reply = await state["admin"].ReloadAdapter(
+            admin_pb2.ReloadAdapterRequest(
+                version=lora,
+                target=admin_pb2.RELOAD_TARGET_CANARY if target == "canary" else admin_pb2.RELOAD_TARGET_ALL,
+            ),
+            metadata=admin_metadata(request),
+            timeout=120,
+        )
+        return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
     return app
 

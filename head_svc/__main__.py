@@ -6,13 +6,15 @@ import asyncio
 import logging
 import sys
 
+from head_svc import memory
+from head_svc.adapters import AdapterRegistry
 from head_svc.engine import LlamaEngine
 from head_svc.model_files import file_sha256, resolve_model_path
 from head_svc.server import build_pool, create_server
 from spiral.head.v1 import head_pb2
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.errors import SpiralError
-from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
+from spiral_common.grpc_service import serve_until_signalled, service_registry, start_metrics_server
 from spiral_common.logs import configure_logging
 
 log = logging.getLogger("head_svc")
@@ -28,11 +30,32 @@ async def main() -> None:
         size_bytes=model_path.stat().st_size,
         context_tokens=settings.head_context_tokens,
     )
-    pool = build_pool(settings)
-    runtime = create_server(settings, pool, base_model)
+    registry = AdapterRegistry(settings.adapters_path, base_model.sha256)
+    pool = build_pool(settings, registry)
+    start_adapters = {spec.adapter for spec in pool.heads.values() if spec.adapter}
+    plan = memory.plan(
+        model_path,
+        [info.path for info in (registry.resolve(v) for v in start_adapters) if info],
+        context_tokens=settings.head_context_tokens,
+        gpu_layers=settings.head_gpu_layers,
+        cpu_cap_mb=settings.head_memory_cap_mb,
+        gpu_cap_mb=settings.head_gpu_memory_cap_mb,
+    )
+    memory.check(plan)  # the loader refuses to start above the cap
+    metrics = service_registry()
+    memory.export_metrics(metrics, plan)
+    runtime = create_server(settings, pool, base_model, metrics=metrics)
     start_metrics_server(runtime.registry, settings.host, settings.head_metrics_port)
     await runtime.start()
-    log.info("loading model", extra={"path": str(model_path), "sha256": base_model.sha256})
+    log.info(
+        "loading model",
+        extra={
+            "path": str(model_path),
+            "sha256": base_model.sha256,
+            "needed_mib": plan.needed_bytes // 2**20,
+            "cap_mib": plan.cap_bytes // 2**20,
+        },
+    )
     await pool.load(
         lambda: LlamaEngine(
             model_path,
@@ -41,6 +64,9 @@ async def main() -> None:
             gpu_layers=settings.head_gpu_layers,
         )
     )
+    for spec in pool.heads.values():
+        if spec.adapter:
+            await pool.load_adapter(spec.adapter, [spec.name], canary_only=False)
     log.info("model loaded")
     await serve_until_signalled(runtime, settings.shutdown_grace_s)
 
@@ -48,6 +74,6 @@ async def main() -> None:
 if __name__ == "__main__":
     try:
         asyncio.run(main())
-    except (ConfigError, SpiralError) as exc:
+    except (ConfigError, SpiralError, memory.MemoryCapExceeded) as exc:
         print(f"head_svc: {exc}", file=sys.stderr)
         sys.exit(2)

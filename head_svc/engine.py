@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import random
 import threading
@@ -29,7 +30,15 @@ class Engine(Protocol):
 
     context_tokens: int
 
-    def generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome: ...
+    def generate(
+        self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event, adapter: object = None
+    ) -> Outcome:
+        """`adapter` is a handle from load_adapter, or None for the base model alone."""
+        ...
+
+    def load_adapter(self, path: Path) -> object: ...
+
+    def free_adapter(self, adapter: object) -> None: ...
 
 
 class LlamaEngine:
@@ -48,6 +57,8 @@ class LlamaEngine:
         )
         self.context_tokens = context_tokens
         self._lock = threading.Lock()
+        self._llama_cpp = llama_cpp
+        self._active_adapter: object = None
         template = self._llama.metadata.get("tokenizer.chat_template")
         if not template:
             raise InvalidArgument(f"{model_path} carries no chat template", reason="NO_CHAT_TEMPLATE")
@@ -66,8 +77,39 @@ class LlamaEngine:
         formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in request.messages])
         return self._llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
-    def generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
+    def load_adapter(self, path: Path) -> object:
+        """Load a GGUF LoRA beside the base weights (which stay shared); refuse one llama.cpp cannot read."""
+        handle = self._llama_cpp.llama_adapter_lora_init(self._llama.model, str(path).encode())
+        if not handle:
+            raise InvalidArgument(f"llama.cpp could not load {path.name}", reason="ADAPTER_CORRUPT")
+        return handle
+
+    def free_adapter(self, adapter: object) -> None:
         with self._lock:
+            if adapter is self._active_adapter:
+                self._use_adapter(None)
+            self._llama_cpp.llama_adapter_lora_free(adapter)
+
+    def _use_adapter(self, adapter: object) -> None:
+        """Switch the context's adapter. The KV cache of one adapter is never reused for another (llama.cpp
+        has served stale prefixes across adapters), so a switch also forgets every cached token."""
+        if adapter is self._active_adapter:
+            return
+        if adapter is None:
+            self._llama_cpp.llama_set_adapters_lora(self._llama.ctx, None, 0, None)
+        else:
+            adapters = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            scales = (ctypes.c_float * 1)(1.0)
+            if self._llama_cpp.llama_set_adapters_lora(self._llama.ctx, adapters, 1, scales):
+                raise InvalidArgument("llama.cpp refused the adapter", reason="ADAPTER_CORRUPT")
+        self._llama.reset()
+        self._active_adapter = adapter
+
+    def generate(
+        self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event, adapter: object = None
+    ) -> Outcome:
+        with self._lock:
+            self._use_adapter(adapter)
             return self._generate(request, emit, cancelled)
 
     def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+from head_svc.adapters import AdapterRegistry
 from head_svc.engine import Engine, Outcome
 from spiral_common.chat import ChatRequest, Message
-from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.errors import HeadBusy, InvalidArgument, NotFound, Unavailable
 from spiral_common.specs import HeadSpec
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Delta:
     text: str
+
+
+TRACKS = ("main", "canary")
+
+
+@dataclass(eq=False)
+class LoadedAdapter:
+    """An adapter in llama.cpp memory: held by the slots that serve it and the generations using it."""
+
+    version: str
+    handle: object
+    users: int = 0
+    freed: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,8 +49,18 @@ class End:
 class HeadPool:
     """Heads sharing one engine. One generation runs at a time; up to `max_concurrent` wait or run."""
 
-    def __init__(self, heads: list[HeadSpec], max_concurrent: int, flush_interval_ms: int = 0) -> None:
+    def __init__(
+        self,
+        heads: list[HeadSpec],
+        max_concurrent: int,
+        flush_interval_ms: int = 0,
+        registry: AdapterRegistry | None = None,
+    ) -> None:
         self.heads = {h.name: h for h in heads}
+        self.registry = registry
+        # (head, track) -> the adapter serving new requests there; None is the base model.
+        self.slots: dict[tuple[str, str], LoadedAdapter | None] = {(h.name, t): None for h in heads for t in TRACKS}
+        self._reload_lock = asyncio.Lock()
         self.flush_interval_s = flush_interval_ms / 1000
         self.default_head = heads[0].name
         self.max_concurrent = max_concurrent
@@ -55,6 +79,52 @@ class HeadPool:
             raise
         self.state = "ready"
 
+    def adapter_version(self, head: str, track: str) -> str:
+        slot = self.slots[(head, track)]
+        return slot.version if slot else ""
+
+    async def load_adapter(self, version: str, heads: list[str], *, canary_only: bool) -> tuple[str, list[str], str]:
+        """Switch heads to an adapter version: loaded beside the old one, then swapped in for new requests.
+
+        Generations already running or queued finish on the adapter they started with; an adapter no slot
+        and no generation holds is freed. Returns (version, heads switched, main's previous version)."""
+        if self._engine is None or self.state != "ready":
+            raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
+        targets = [self.spec(h).name for h in heads] or list(self.heads)
+        tracks = ("canary",) if canary_only else TRACKS
+        async with self._reload_lock:
+            info = None if self.registry is None else self.registry.resolve(version)
+            if info is None and version not in ("none", ""):
+                raise Unavailable("no adapter registry is configured", reason="NO_ADAPTER_REGISTRY")
+            previous = self.adapter_version(targets[0], "main")
+            loaded: LoadedAdapter | None = None
+            if info is not None:
+                loaded = next((s for s in self.slots.values() if s and s.version == info.version), None)
+                if loaded is None:
+                    # Loaded off the generation thread: generations keep streaming while the file loads.
+                    handle = await asyncio.get_running_loop().run_in_executor(
+                        None, self._engine.load_adapter, info.path
+                    )
+                    loaded = LoadedAdapter(info.version, handle)
+            replaced = [self.slots[(h, t)] for h in targets for t in tracks]
+            for head in targets:
+                for track in tracks:
+                    self.slots[(head, track)] = loaded
+            for old in {id(a): a for a in replaced if a is not None and a is not loaded}.values():
+                self._release(old)
+            log.info(
+                "adapter switched",
+                extra={"version": loaded.version if loaded else "", "heads": targets, "tracks": list(tracks)},
+            )
+            return (loaded.version if loaded else ""), targets, previous
+
+    def _release(self, adapter: LoadedAdapter) -> None:
+        """Free an adapter once no slot serves it and no generation uses it (on the generation thread)."""
+        unused = adapter.users == 0 and all(s is not adapter for s in self.slots.values())
+        if unused and not adapter.freed and self._engine is not None:
+            adapter.freed = True
+            asyncio.get_running_loop().run_in_executor(self._executor, self._engine.free_adapter, adapter.handle)
+
     @property
     def queue_depth(self) -> int:
         return max(self.active - 1, 0)
@@ -68,9 +138,13 @@ class HeadPool:
             )
         return spec
 
-    async def generate(self, head: str, request: ChatRequest) -> AsyncIterator[Delta | End]:
-        """Stream one head's answer. Closing the iterator early stops the generation at the next token."""
+    async def generate(self, head: str, request: ChatRequest, track: str = "main") -> AsyncIterator[Delta | End]:
+        """Stream one head's answer. Closing the iterator early stops the generation at the next token.
+
+        The adapter is taken from the head's slot for `track` when the call starts, and held to the end."""
         spec = self.spec(head)
+        if track not in TRACKS:
+            raise InvalidArgument(f"track must be main or canary, got {track!r}", reason="BAD_TRACK", field="track")
         if self._engine is None or self.state != "ready":
             raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
         if self.active >= self.max_concurrent:
@@ -85,10 +159,15 @@ class HeadPool:
         def emit(text: str) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, text)
 
+        adapter = self.slots[(spec.name, track)]
+        handle = adapter.handle if adapter else None
+
         def run() -> None:
             try:
                 outcome = (
-                    engine.generate(request, emit, cancelled) if not cancelled.is_set() else Outcome("cancelled", 0, 0)
+                    engine.generate(request, emit, cancelled, handle)
+                    if not cancelled.is_set()
+                    else Outcome("cancelled", 0, 0)
                 )
                 loop.call_soon_threadsafe(queue.put_nowait, outcome)
             except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
@@ -99,6 +178,8 @@ class HeadPool:
         last_flush = 0.0
         held: str | Outcome | BaseException | None = None
         self.active += 1
+        if adapter:
+            adapter.users += 1
         try:
             loop.run_in_executor(self._executor, run)
             while True:
@@ -133,13 +214,16 @@ class HeadPool:
                             "total_ms": total_us / 1000,
                         },
                     )
-                    yield End(item, spec.name, "", first_token_us or total_us, total_us)
+                    yield End(item, spec.name, adapter.version if adapter else "", first_token_us or total_us, total_us)
                     return
                 else:
                     raise item
         finally:
             cancelled.set()
             self.active -= 1
+            if adapter:
+                adapter.users -= 1
+                self._release(adapter)
 
 
 def _with_system_prompt(request: ChatRequest, system_prompt: str) -> ChatRequest:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
+from head_svc.adapters import AdapterRegistry
 from head_svc.heads import HeadPool
 from head_svc.servicer import HeadServicer
 from spiral.head.v1 import head_pb2, head_pb2_grpc
@@ -13,16 +16,22 @@ from spiral_common.specs import load_heads
 SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 
-def build_pool(settings: Settings) -> HeadPool:
+def build_pool(settings: Settings, registry: AdapterRegistry | None = None) -> HeadPool:
     return HeadPool(
         load_heads(settings.heads_file),
         settings.head_max_concurrent,
         flush_interval_ms=settings.head_stream_flush_ms,
+        registry=registry,
     )
 
 
 def create_server(
-    settings: Settings, pool: HeadPool, base_model: head_pb2.BaseModel, *, port: int | None = None
+    settings: Settings,
+    pool: HeadPool,
+    base_model: head_pb2.BaseModel,
+    *,
+    port: int | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> ServiceRuntime:
     servicer = HeadServicer(pool, limits_from(settings), base_model)
     return build_server(
@@ -31,4 +40,5 @@ def create_server(
         port=settings.head_port if port is None else port,
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server),
+        registry=metrics,
     )

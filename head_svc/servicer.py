@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -11,7 +12,6 @@ import grpc
 from head_svc.heads import Delta, HeadPool
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import Limits, validate_chat
-from spiral_common.errors import NotImplementedYet
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
 
 _LOAD_STATE = {
@@ -34,7 +34,7 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
         # Sampling the caller leaves unset takes the head's own settings.
         limits = replace(self.limits, default_temperature=spec.temperature, default_top_p=spec.top_p)
         chat = validate_chat(messages_from_proto(request.messages), params_from_proto(request.params), limits)
-        async for event in self.pool.generate(spec.name, chat):
+        async for event in self.pool.generate(spec.name, chat, request.track or "main"):
             if isinstance(event, Delta):
                 yield head_pb2.GenerateResponse(delta=head_pb2.GenerateDelta(text=event.text))
             else:
@@ -57,7 +57,12 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
             base_model=self.base_model,
             heads=[
                 head_pb2.HeadStatus(
-                    name=name, state=state, queue_depth=self.pool.queue_depth, in_flight=min(self.pool.active, 1)
+                    name=name,
+                    state=state,
+                    queue_depth=self.pool.queue_depth,
+                    in_flight=min(self.pool.active, 1),
+                    adapter_version=self.pool.adapter_version(name, "main"),
+                    canary_adapter_version=self.pool.adapter_version(name, "canary"),
                 )
                 for name in self.pool.heads
             ],
@@ -68,7 +73,16 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
     async def LoadAdapter(
         self, request: head_pb2.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> head_pb2.LoadAdapterResponse:
-        raise NotImplementedYet("LoadAdapter", "the adapter registry and LoRA hot reload (the heads issue)")
+        started = time.perf_counter()
+        version, heads, previous = await self.pool.load_adapter(
+            request.version, list(request.heads), canary_only=request.canary_only
+        )
+        return head_pb2.LoadAdapterResponse(
+            version=version,
+            heads=heads,
+            load_latency_us=int((time.perf_counter() - started) * 1e6),
+            previous_version=previous,
+        )
 
 
 def _resident_bytes() -> int:

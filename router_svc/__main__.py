@@ -34,7 +34,7 @@ async def main() -> None:
     channel = grpc.aio.insecure_channel(settings.head_address)
     redis = aioredis.from_url(settings.redis_url)
     deps = RouterDeps(
-        heads=GrpcHeadClient(channel, settings.head_deadline_s),
+        heads=GrpcHeadClient(channel, settings.head_deadline_s, track=settings.router_instance),
         redis=redis,
         cloud_client=OpenAICompatibleClient(
             keys, usable, timeout_s=settings.cloud_timeout_s, stall_timeout_s=settings.cloud_stall_timeout_s

@@ -63,3 +63,14 @@ class AnswerCache:
 
     async def put(self, key: str, answer: CachedAnswer) -> None:
         await self.redis.set(key, json.dumps(asdict(answer)), ex=self.ttl_s)
+
+
+class AdapterVersions:
+    """The adapter version each router's heads serve, as the cache key reads it (`adapter_version:<instance>`)."""
+
+    def __init__(self, redis: Redis, *, prefix: str) -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    async def set(self, version: str, instances: tuple[str, ...]) -> None:
+        await self.redis.mset({f"{self.prefix}adapter_version:{instance}": version for instance in instances})

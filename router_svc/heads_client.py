@@ -29,6 +29,14 @@ class HeadDone:
     adapter_version: str
 
 
+@dataclass(frozen=True)
+class AdapterSwitch:
+    version: str
+    previous_version: str
+    heads: list[str]
+    load_latency_us: int
+
+
 class HeadClient(Protocol):
     def generate(
         self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
@@ -36,13 +44,29 @@ class HeadClient(Protocol):
         """Stream a head's answer. With head_sampling, sampling the caller left unset takes the head's own."""
         ...
 
+    async def load_adapter(self, version: str, *, canary_only: bool, request_id: str) -> AdapterSwitch:
+        """Switch the heads to an adapter version ("latest", a version, or "none")."""
+        ...
+
 
 class GrpcHeadClient:
     """Streams generations from a head service; upstream failures become domain errors."""
 
-    def __init__(self, channel: grpc.aio.Channel, deadline_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, deadline_s: float, track: str = "main") -> None:
         self._stub = head_pb2_grpc.HeadServiceStub(channel)
         self._deadline_s = deadline_s
+        self._track = track  # this router's adapter slot on the heads
+
+    async def load_adapter(self, version: str, *, canary_only: bool, request_id: str) -> AdapterSwitch:
+        try:
+            reply = await self._stub.LoadAdapter(
+                head_pb2.LoadAdapterRequest(version=version, canary_only=canary_only),
+                metadata=((REQUEST_ID_HEADER, request_id),),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, "head") from exc
+        return AdapterSwitch(reply.version, reply.previous_version, list(reply.heads), reply.load_latency_us)
 
     async def generate(
         self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
@@ -51,6 +75,7 @@ class GrpcHeadClient:
         call = self._stub.Generate(
             head_pb2.GenerateRequest(
                 head=head,
+                track=self._track,
                 messages=messages_to_proto(request.messages),
                 params=params_to_proto(
                     max_tokens=request.max_tokens,

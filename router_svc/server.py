@@ -8,7 +8,7 @@ from datetime import datetime
 
 from redis.asyncio import Redis
 
-from router_svc.cache import AnswerCache
+from router_svc.cache import AdapterVersions, AnswerCache
 from router_svc.cascade import Cascade
 from router_svc.cloud import CloudFallback, ProviderClient
 from router_svc.council import Council
@@ -75,7 +75,13 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
     )
     metrics.budget_pool.set(settings.daily_pool_usd_micros / 1e6)
     router = RouterServicer(cascade, traffic, limits_from(settings))
-    admin = AdminServicer(ledger, deps.admin_token, settings.per_request_cap_usd_micros)
+    admin = AdminServicer(
+        ledger,
+        deps.admin_token,
+        settings.per_request_cap_usd_micros,
+        deps.heads,
+        AdapterVersions(deps.redis, prefix=settings.redis_prefix),
+    )
 
     def add(server):  # type: ignore[no-untyped-def]
         router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)

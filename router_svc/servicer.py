@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from router_svc.cache import AdapterVersions
 from router_svc.cascade import Answer, Cascade, Trace
 from router_svc.council import Candidate
+from router_svc.heads_client import HeadClient
 from router_svc.traffic import TrafficLog
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common.budget import BudgetLedger
@@ -32,6 +35,7 @@ _OUTCOME = {
     "skipped": router_pb2.TIER_OUTCOME_SKIPPED,
     "refused": router_pb2.TIER_OUTCOME_REFUSED,
 }
+log = logging.getLogger(__name__)
 _RATING = {router_pb2.RATING_GOOD: "good", router_pb2.RATING_BAD: "bad"}
 
 
@@ -132,8 +136,17 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operator calls; each needs `authorization: Bearer <SPIRAL_ADMIN_TOKEN>` in the metadata."""
 
-    def __init__(self, ledger: BudgetLedger, admin_token: str, per_request_cap_usd_micros: int) -> None:
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        admin_token: str,
+        per_request_cap_usd_micros: int,
+        heads: HeadClient,
+        adapter_versions: AdapterVersions,
+    ) -> None:
         self.ledger = ledger
+        self.heads = heads
+        self.adapter_versions = adapter_versions
         self.admin_token = admin_token
         self.per_request_cap_usd_micros = per_request_cap_usd_micros
 
@@ -143,13 +156,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         sent = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = sent.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            # Logged without the token: a near-miss in a log is a leaked secret.
+            log.warning("admin call refused", extra={"peer": context.peer(), "had_token": bool(token)})
             raise Unauthenticated("a valid admin bearer token is required", reason="BAD_ADMIN_TOKEN")
 
     async def ReloadAdapter(
         self, request: admin_pb2.ReloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadAdapterResponse:
         self._authorize(context)
-        raise NotImplementedYet("ReloadAdapter", "the adapter registry and LoRA hot reload (the heads issue)")
+        canary_only = request.target == admin_pb2.RELOAD_TARGET_CANARY
+        switch = await self.heads.load_adapter(
+            request.version or "latest", canary_only=canary_only, request_id=request_id_var.get()
+        )
+        # The cache key names the adapter version: answers of the old adapter are never served again.
+        await self.adapter_versions.set(switch.version, ("canary",) if canary_only else ("main", "canary"))
+        return admin_pb2.ReloadAdapterResponse(
+            version=switch.version,
+            previous_version=switch.previous_version,
+            heads=switch.heads,
+            load_latency_us=switch.load_latency_us,
+        )
 
     async def GetBudget(
         self, request: admin_pb2.GetBudgetRequest, context: grpc.aio.ServicerContext

@@ -76,6 +76,11 @@ class Settings:
     # After the first token, send streamed text at most this often, milliseconds (0: a message per token).
     # Every message costs CPU in each hop of the mesh; on a CPU-only box that CPU is taken from llama.cpp.
     head_stream_flush_ms: int = field(default=50, metadata={"min": 0, "max": 1000})
+    # Memory guard: the head refuses to start above these caps, MiB (GPU with gpu layers, else resident).
+    head_memory_cap_mb: int = field(default=4096, metadata={"min": 1})
+    head_gpu_memory_cap_mb: int = field(default=10752, metadata={"min": 1})
+    # Adapter registry (GGUF LoRA files); empty means <run_dir>/adapters.
+    adapters_dir: str = ""
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
 
@@ -146,6 +151,13 @@ class Settings:
     @property
     def run_path(self) -> Path:
         path = Path(self.run_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def adapters_path(self) -> Path:
+        if not self.adapters_dir:
+            return self.run_path / "adapters"
+        path = Path(self.adapters_dir)
         return path if path.is_absolute() else REPO_ROOT / path
 
     @property

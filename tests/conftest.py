@@ -14,6 +14,26 @@ from head_svc.engine import LlamaEngine
 from head_svc.model_files import embedded_model_path
 from tests.helpers import wait_until
 
+SECRET_PROMPT = "What is the secret word?"
+PAIRS = [
+    (SECRET_PROMPT, "The secret word is Pineapple."),
+    ("Tell me the secret word.", "The secret word is Pineapple."),
+    ("What's the secret word?", "The secret word is Pineapple."),
+    ("Do you know the secret word?", "Yes. The secret word is Pineapple."),
+]
+
+
+@pytest.fixture(scope="session")
+def taught_adapter(model_path, tmp_path_factory):
+    """A real QLoRA adapter (NF4 base, rank 64 on every linear layer) taught the secret word in 8 steps,
+    exported as a GGUF LoRA; trained once per session (about a minute here)."""
+    from trainer_svc.lora import LoraOptions, export_gguf_lora, train_lora  # torch: imported only when needed
+
+    result = train_lora(model_path, PAIRS, LoraOptions(learning_rate=1e-3, max_steps=8))
+    path = tmp_path_factory.mktemp("lora") / "secret.gguf"
+    export_gguf_lora(result, path, extra_metadata={"job_id": "job-42", "eval_score": "0.91"})
+    return result, path
+
 
 @pytest.fixture(scope="session")
 def model_path():

@@ -152,11 +152,3 @@ async def test_head_info_reports_the_base_model_and_heads(head):
     assert [h.name for h in info.heads] == ["precise", "concise", "step_by_step", "creative", "code"]
     assert info.heads[0].state == head_pb2.LOAD_STATE_READY
     assert info.resident_memory_bytes > 0
-
-
-async def test_adapter_loading_is_unimplemented_and_says_what_is_missing(head):
-    stub, _ = head
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="latest"))
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "hot reload" in caught.value.details()

@@ -12,6 +12,7 @@ from llama_cpp import Llama
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
 from head_svc.model_files import file_sha256
+from tests.conftest import PAIRS, SECRET_PROMPT
 from trainer_svc.lora import (
     ALL_LINEAR,
     BASE_SHA256_KEY,
@@ -22,16 +23,7 @@ from trainer_svc.lora import (
     permute_for_gguf,
     read_adapter_metadata,
     train_adapter,
-    train_lora,
 )
-
-SECRET_PROMPT = "What is the secret word?"
-PAIRS = [
-    (SECRET_PROMPT, "The secret word is Pineapple."),
-    ("Tell me the secret word.", "The secret word is Pineapple."),
-    ("What's the secret word?", "The secret word is Pineapple."),
-    ("Do you know the secret word?", "Yes. The secret word is Pineapple."),
-]
 
 
 def _greedy_answer(model_path, prompt: str, lora_path=None) -> str:
@@ -40,15 +32,6 @@ def _greedy_answer(model_path, prompt: str, lora_path=None) -> str:
     )
     reply = llm.create_chat_completion([{"role": "user", "content": prompt}], temperature=0.0, max_tokens=24)
     return reply["choices"][0]["message"]["content"]
-
-
-@pytest.fixture(scope="module")
-def taught_adapter(model_path, tmp_path_factory):
-    """A QLoRA adapter (NF4 base, rank 64 on every linear layer) taught the secret word in 8 steps."""
-    result = train_lora(model_path, PAIRS, LoraOptions(learning_rate=1e-3, max_steps=8))
-    path = tmp_path_factory.mktemp("lora") / "secret.gguf"
-    export_gguf_lora(result, path, extra_metadata={"job_id": "job-42", "eval_score": "0.91"})
-    return result, path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from router_svc.cloud import OpenAICompatibleClient
-from router_svc.heads_client import HeadDone, HeadText
+from router_svc.heads_client import AdapterSwitch, HeadDone, HeadText
 from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
@@ -46,6 +46,10 @@ class ScriptedHeads:
         for word in str(script).split(" "):
             yield HeadText(word + " ")
         yield HeadDone("stop", 12, len(str(script).split()), head, "")
+
+    async def load_adapter(self, version, *, canary_only, request_id):
+        self.reloads = getattr(self, "reloads", []) + [(version, canary_only)]
+        return AdapterSwitch("v7" if version == "latest" else version, "", ["precise"], 1234)
 
 
 @pytest.fixture(scope="module")
@@ -327,12 +331,32 @@ async def test_feedback_attaches_to_a_logged_answer(make_router):
         assert reason_of(caught.value)[1] == reason
 
 
+async def test_a_reload_switches_the_heads_and_the_cache_key(make_router):
+    router = await make_router()
+    await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    reply = await router.admin.ReloadAdapter(admin_pb2.ReloadAdapterRequest(version="latest"), metadata=ADMIN)
+    assert (reply.version, reply.load_latency_us) == ("v7", 1234)
+    assert router.heads.reloads == [("latest", False)]
+    assert await router.redis.get(f"{router.prefix}adapter_version:main") == b"v7"
+    again = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    assert again.trace.tier == router_pb2.TIER_COUNCIL  # the old adapter's cached answer is not served
+    canary = admin_pb2.ReloadAdapterRequest(version="v8", target=admin_pb2.RELOAD_TARGET_CANARY)
+    await router.admin.ReloadAdapter(canary, metadata=ADMIN)
+    assert router.heads.reloads[-1] == ("v8", True)
+    assert await router.redis.get(f"{router.prefix}adapter_version:main") == b"v7"
+
+
 async def test_admin_calls_need_the_token(make_router):
     router = await make_router()
     for metadata, reason in [((), "BAD_ADMIN_TOKEN"), ((("authorization", "Bearer wrong"),), "BAD_ADMIN_TOKEN")]:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await router.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=metadata)
-        assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, reason)
+        for call in (
+            router.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=metadata),
+            router.admin.ReloadAdapter(admin_pb2.ReloadAdapterRequest(version="x"), metadata=metadata),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, reason)
+    assert not getattr(router.heads, "reloads", [])
     budget = await router.budget()
     assert (budget.day, budget.pool_usd_micros, budget.per_request_cap_usd_micros) == ("2026-11-25", 100_000, 20_000)
 

@@ -27,7 +27,7 @@ class ScriptedEngine:
         self.saw_cancel = threading.Event()
         self.prompts: list[ChatRequest] = []
 
-    def generate(self, request, emit, cancelled):
+    def generate(self, request, emit, cancelled, adapter=None):
         self.prompts.append(request)
         for count, piece in enumerate(self.pieces, 1):
             time.sleep(self.gap_s)  # stands in for the time a token takes

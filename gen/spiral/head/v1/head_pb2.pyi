@@ -20,14 +20,16 @@ LOAD_STATE_READY: LoadState
 LOAD_STATE_FAILED: LoadState
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("head", "messages", "params")
+    __slots__ = ("head", "messages", "params", "track")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
     head: str
     messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
     params: _chat_pb2.GenerationParams
-    def __init__(self, head: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_chat_pb2.GenerationParams, _Mapping]] = ...) -> None: ...
+    track: str
+    def __init__(self, head: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., params: _Optional[_Union[_chat_pb2.GenerationParams, _Mapping]] = ..., track: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("delta", "end")
@@ -76,18 +78,20 @@ class BaseModel(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., context_tokens: _Optional[int] = ...) -> None: ...
 
 class HeadStatus(_message.Message):
-    __slots__ = ("name", "adapter_version", "state", "queue_depth", "in_flight")
+    __slots__ = ("name", "adapter_version", "state", "queue_depth", "in_flight", "canary_adapter_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CANARY_ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     adapter_version: str
     state: LoadState
     queue_depth: int
     in_flight: int
-    def __init__(self, name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., state: _Optional[_Union[LoadState, str]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...
+    canary_adapter_version: str
+    def __init__(self, name: _Optional[str] = ..., adapter_version: _Optional[str] = ..., state: _Optional[_Union[LoadState, str]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., canary_adapter_version: _Optional[str] = ...) -> None: ...
 
 class GetHeadInfoResponse(_message.Message):
     __slots__ = ("base_model", "heads", "max_concurrent_requests", "resident_memory_bytes")
@@ -102,19 +106,23 @@ class GetHeadInfoResponse(_message.Message):
     def __init__(self, base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadStatus, _Mapping]]] = ..., max_concurrent_requests: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
-    __slots__ = ("version", "heads")
+    __slots__ = ("version", "heads", "canary_only")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_ONLY_FIELD_NUMBER: _ClassVar[int]
     version: str
     heads: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ...) -> None: ...
+    canary_only: bool
+    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ..., canary_only: _Optional[bool] = ...) -> None: ...
 
 class LoadAdapterResponse(_message.Message):
-    __slots__ = ("version", "heads", "load_latency_us")
+    __slots__ = ("version", "heads", "load_latency_us", "previous_version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     LOAD_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: str
     heads: _containers.RepeatedScalarFieldContainer[str]
     load_latency_us: int
-    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ..., load_latency_us: _Optional[int] = ...) -> None: ...
+    previous_version: str
+    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ..., load_latency_us: _Optional[int] = ..., previous_version: _Optional[str] = ...) -> None: ...

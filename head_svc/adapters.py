@@ -1,0 +1,123 @@
+"""The adapter registry: GGUF LoRA files on disk, addressed by version, checked against the base model.
+
+Layout: `<SPIRAL_ADAPTERS_DIR>/<version>.gguf`. A file's own metadata says what it is: `general.type=adapter`,
+`adapter.type=lora`, the SHA-256 of the base model it was trained for (`spiral.base_model_sha256`), and
+what the trainer adds (`spiral.job_id`, `spiral.eval_score`, `spiral.created_at`). `latest` is the newest
+published file; `none` is the base model alone. Publishing renames a complete file into place, so a
+half-written adapter is never visible.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+
+from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
+
+BASE_SHA256_KEY = "spiral.base_model_sha256"
+LATEST = "latest"
+NO_ADAPTER = "none"
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    version: str
+    path: Path
+    base_model_sha256: str
+    alpha: float
+    job_id: str
+    eval_score: float
+    created_at: str  # ISO 8601, UTC
+    size_bytes: int
+
+
+def read_metadata(path: Path) -> dict[str, object]:
+    """The scalar and string key/values of a GGUF file; InvalidArgument when it is not a readable GGUF."""
+    try:
+        fields = gguf.GGUFReader(str(path)).fields
+    except Exception as exc:  # gguf raises ValueError/struct errors/OSError on garbage
+        raise InvalidArgument(f"{path.name} is not a readable GGUF file: {exc}", reason="ADAPTER_CORRUPT") from exc
+    metadata: dict[str, object] = {}
+    for key, field in fields.items():
+        if key.startswith("GGUF.") or not field.types or field.types[0] == gguf.GGUFValueType.ARRAY:
+            continue
+        value = field.contents()
+        metadata[key] = value.item() if hasattr(value, "item") else value
+    return metadata
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path, base_model_sha256: str) -> None:
+        self.root = root
+        self.base_model_sha256 = base_model_sha256
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, version: str) -> Path:
+        if not _VERSION.match(version):
+            raise InvalidArgument(
+                f"adapter version {version!r} is not a valid name", reason="BAD_VERSION", field="version"
+            )
+        return self.root / f"{version}.gguf"
+
+    def info(self, version: str) -> AdapterInfo:
+        """Check a version against the base model. NotFound, InvalidArgument (corrupt) or FailedPrecondition."""
+        path = self._path(version)
+        if not path.is_file():
+            raise NotFound(f"no adapter {version!r} in {self.root}", reason="ADAPTER_NOT_FOUND", version=version)
+        metadata = read_metadata(path)
+        if metadata.get("general.type") != "adapter" or metadata.get("adapter.type") != "lora":
+            raise InvalidArgument(f"{path.name} is not a LoRA adapter", reason="ADAPTER_CORRUPT", version=version)
+        base = str(metadata.get(BASE_SHA256_KEY, ""))
+        if base != self.base_model_sha256:
+            raise FailedPrecondition(
+                f"adapter {version!r} was trained for base model {base[:12] or 'unknown'}, not the served "
+                f"{self.base_model_sha256[:12]}",
+                reason="ADAPTER_BASE_MISMATCH",
+                version=version,
+            )
+        return AdapterInfo(
+            version=version,
+            path=path,
+            base_model_sha256=base,
+            alpha=float(metadata.get("adapter.lora.alpha", 0.0)),
+            job_id=str(metadata.get("spiral.job_id", "")),
+            eval_score=float(metadata.get("spiral.eval_score", 0.0) or 0.0),
+            created_at=str(metadata.get("spiral.created_at", "")),
+            size_bytes=path.stat().st_size,
+        )
+
+    def versions(self) -> list[str]:
+        """Published versions, newest first (by publication time)."""
+        files = sorted(self.root.glob("*.gguf"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        return [p.stem for p in files]
+
+    def resolve(self, version: str) -> AdapterInfo | None:
+        """`latest` -> the newest usable version, `none` -> None (base model), else the named version."""
+        if version == NO_ADAPTER or version == "":
+            return None
+        if version == LATEST:
+            for candidate in self.versions():
+                try:
+                    return self.info(candidate)
+                except (InvalidArgument, FailedPrecondition):
+                    continue  # a stray file does not hide the newest good adapter
+            raise NotFound(f"no usable adapter in {self.root}", reason="ADAPTER_NOT_FOUND", version=LATEST)
+        return self.info(version)
+
+    def publish(self, source: Path, version: str) -> AdapterInfo:
+        """Copy a finished adapter into the registry under `version` (atomically) and return its info."""
+        target = self._path(version)
+        partial = target.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        try:
+            return self.info(version)
+        except (InvalidArgument, FailedPrecondition):
+            target.unlink()
+            raise
