@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up down status logs test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade render
+.PHONY: help bootstrap up down status logs test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -49,7 +49,10 @@ test: bootstrap
 test-alerts-e2e: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/observability
 
-bench: bench-mesh bench-cascade
+bench: bench-mesh bench-cascade bench-adapters
+
+bench-adapters: bootstrap
+	$(PY) -m bench.adapters
 
 bench-mesh: bootstrap
 	$(PY) -m bench.mesh
