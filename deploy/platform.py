@@ -81,7 +81,7 @@ class Check:
         return self.state == "SERVING"
 
 
-def _grpc_health(address: str, service: str = "", timeout: float = 1.0) -> str:
+def grpc_health(address: str, service: str = "", timeout: float = 1.0) -> str:
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -184,26 +184,26 @@ class Platform:
         h = s.host
         return [
             Check("redis", _redis_ping(h, s.redis_port), f"redis://{h}:{s.redis_port}"),
-            Check("head", _grpc_health(f"{h}:{s.head_port}", "spiral.head.v1.HeadService"), f"{h}:{s.head_port}"),
+            Check("head", grpc_health(f"{h}:{s.head_port}", "spiral.head.v1.HeadService"), f"{h}:{s.head_port}"),
             Check(
                 "router-main",
-                _grpc_health(f"{h}:{s.router_main_port}", "spiral.router.v1.RouterService"),
+                grpc_health(f"{h}:{s.router_main_port}", "spiral.router.v1.RouterService"),
                 f"{h}:{s.router_main_port}",
             ),
             Check(
                 "router-canary",
-                _grpc_health(f"{h}:{s.router_canary_port}", "spiral.router.v1.RouterService"),
+                grpc_health(f"{h}:{s.router_canary_port}", "spiral.router.v1.RouterService"),
                 f"{h}:{s.router_canary_port}",
             ),
             Check(
                 "trainer",
-                _grpc_health(f"{h}:{s.trainer_port}", "spiral.trainer.v1.TrainerService"),
+                grpc_health(f"{h}:{s.trainer_port}", "spiral.trainer.v1.TrainerService"),
                 f"{h}:{s.trainer_port}",
             ),
-            Check("miner", _grpc_health(f"{h}:{s.miner_port}", "spiral.miner.v1.MinerService"), f"{h}:{s.miner_port}"),
+            Check("miner", grpc_health(f"{h}:{s.miner_port}", "spiral.miner.v1.MinerService"), f"{h}:{s.miner_port}"),
             Check(
                 "envoy",
-                _grpc_health(s.envoy_ingress_address, "spiral.router.v1.RouterService"),
+                grpc_health(s.envoy_ingress_address, "spiral.router.v1.RouterService"),
                 f"{s.envoy_ingress_address} (admin http://127.0.0.1:{s.envoy_admin_port})",
             ),
             Check("gateway", _http_ok(f"http://{h}:{s.gateway_port}/healthz"), f"http://{h}:{s.gateway_port}"),

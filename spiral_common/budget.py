@@ -18,9 +18,9 @@ from redis.asyncio import Redis
 
 from spiral_common.errors import BudgetExceeded
 
-# KEYS: totals hash (spent, reserved), reservation expiries (zset), reservation amounts (hash)
-# ARGV: now_ms, amount, reservation id, expires_at_ms, pool
-_RESERVE = """
+# Drops the reservations that expired by ARGV[1] (now, ms) from the totals. KEYS: totals hash (spent,
+# reserved), reservation expiries (zset), reservation amounts (hash).
+_PURGE_EXPIRED = """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
 for _, id in ipairs(expired) do
   local amount = tonumber(redis.call('HGET', KEYS[3], id) or '0')
@@ -28,6 +28,12 @@ for _, id in ipairs(expired) do
   redis.call('HDEL', KEYS[3], id)
 end
 if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1]) end
+"""
+
+# ARGV: now_ms, amount, reservation id, expires_at_ms, pool
+_RESERVE = (
+    _PURGE_EXPIRED
+    + """
 local spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
 local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
 local amount = tonumber(ARGV[2])
@@ -39,6 +45,7 @@ redis.call('HSET', KEYS[3], ARGV[3], amount)
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 return {1, spent, reserved + amount}
 """
+)
 
 # KEYS: as above. ARGV: reservation id, actual cost (-1 to release without spending)
 _SETTLE = """
@@ -53,17 +60,13 @@ if actual > 0 then redis.call('HINCRBY', KEYS[1], 'spent', actual) end
 return amount and 1 or 0
 """
 
-# KEYS: as above. ARGV: now_ms. Drops expired reservations, returns {spent, reserved}.
-_STATUS = """
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-for _, id in ipairs(expired) do
-  local amount = tonumber(redis.call('HGET', KEYS[3], id) or '0')
-  redis.call('HINCRBY', KEYS[1], 'reserved', -amount)
-  redis.call('HDEL', KEYS[3], id)
-end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1]) end
+# ARGV: now_ms. Returns {spent, reserved} after dropping expired reservations.
+_STATUS = (
+    _PURGE_EXPIRED
+    + """
 return {tonumber(redis.call('HGET', KEYS[1], 'spent') or '0'), tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')}
 """
+)
 
 
 def utc_now() -> datetime:

@@ -12,7 +12,7 @@ import sys
 import grpc
 import pytest
 
-from deploy.platform import free_ports
+from deploy.platform import free_ports, grpc_health
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.fake_cloud import Behaviour, FakeCloud, providers_json
@@ -76,14 +76,7 @@ def routers(cloud, redis_url, prefix, tmp_path):
 
 
 def _serving(address: str) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return grpc_health(address) == "SERVING"
 
 
 def _request(kind):

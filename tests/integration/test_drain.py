@@ -9,8 +9,8 @@ import sys
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy.platform import grpc_health
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from tests.helpers import free_ports, wait_until
@@ -19,12 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return grpc_health(address) == "SERVING"
 
 
 def test_sigterm_during_a_stream_lets_the_stream_finish(tmp_path):

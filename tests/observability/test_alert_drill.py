@@ -20,7 +20,7 @@ import grpc
 import pytest
 import yaml
 
-from deploy.platform import free_port_env
+from deploy.platform import free_port_env, grpc_health
 from deploy.render import RULES_FILE, render_alertmanager, render_prometheus
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
@@ -228,17 +228,7 @@ def _start_router(tmp_path, env) -> _Router:
         stderr=subprocess.STDOUT,
     )
     address = f"127.0.0.1:{port}"
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    def serving() -> bool:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    wait_until(serving, 30, "the drill router to serve")
+    wait_until(lambda: grpc_health(address) == "SERVING", 30, "the drill router to serve")
     router = _Router(process, address, cloud)
     original_stop = router.stop
 
