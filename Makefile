@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up down status logs test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters render
+.PHONY: help bootstrap up down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -26,6 +26,15 @@ status: bootstrap
 
 logs: bootstrap
 	$(PY) -m deploy.spiralctl logs
+
+# make set-canary-weight PERCENT=25: change the main/canary split live (admin API; Envoy is not restarted).
+set-canary-weight: bootstrap
+	@test -n "$(PERCENT)" || { echo "usage: make set-canary-weight PERCENT=0..100"; exit 2; }
+	$(PY) -m deploy.spiralctl canary $(PERCENT)
+
+# make promote: compare canary and main over the last hour; promote the canary's adapter or roll it back.
+promote: bootstrap
+	$(PY) -m deploy.promote
 
 render: bootstrap
 	$(PY) -m deploy.render

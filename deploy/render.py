@@ -15,6 +15,7 @@ from pathlib import Path
 
 import jinja2
 
+from spiral_common import canary
 from spiral_common.config import REPO_ROOT, Settings, load_settings, settings_env
 from spiral_common.specs import secret
 
@@ -42,14 +43,15 @@ def render_envoy(settings: Settings) -> str:
         # Router traffic (and the reflection and health services buf curl / grpcurl use) is split
         # between the main and canary routers by weight.
         router_prefixes=["/spiral.router.v1.", "/grpc.reflection.", "/grpc.health.v1."],
+        router_service="spiral.router.v1.RouterService",
+        runtime_prefix=canary.RUNTIME_PREFIX,
+        weight=canary.current_weight(settings),
         direct_routes=[
             ("/spiral.head.v1.", "head"),
             ("/spiral.trainer.v1.", "trainer"),
             ("/spiral.miner.v1.", "miner"),
         ],
         clusters=[
-            ("router_main", settings.router_main_port),
-            ("router_canary", settings.router_canary_port),
             ("head", settings.head_port),
             ("trainer", settings.trainer_port),
             ("miner", settings.miner_port),
@@ -124,6 +126,11 @@ def _supervisor_env(values: dict[str, str]) -> str:
 
 def programs(settings: Settings, python: str) -> list[Program]:
     run = settings.run_path
+    promoter = (
+        [Program("promoter", f"{python} -m deploy.promote --every {settings.promotion_interval_s}", 70)]
+        if settings.promotion_interval_s
+        else []
+    )
     envoy = shutil.which("envoy", path=str(Path(python).parent)) or shutil.which("envoy") or "envoy"
     redis = shutil.which("redis-server") or "redis-server"
     return [
@@ -167,6 +174,7 @@ def programs(settings: Settings, python: str) -> list[Program]:
             f"--web.listen-address={settings.host}:{settings.pushgateway_port}",
             60,
         ),
+        *promoter,
     ]
 
 

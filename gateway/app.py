@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import domain_error_response, error_body, rpc_error_body, rpc_error_response
 from gateway.schemas import (
+    CanaryBody,
     ChatCompletionRequest,
     ChatMessageIn,
     FeedbackBody,
@@ -317,6 +318,20 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
                 reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
+
+    @app.get("/admin/canary", summary="The share of router traffic Envoy sends to the canary (admin token)")
+    async def get_canary(request: Request) -> JSONResponse:
+        reply = await state["admin"].GetCanaryWeight(
+            admin_pb2.GetCanaryWeightRequest(), metadata=admin_metadata(request)
+        )
+        return JSONResponse({"percent": reply.percent})
+
+    @app.post("/admin/canary", summary="Change the canary share live, without restarting Envoy (admin token)")
+    async def set_canary(body: CanaryBody, request: Request) -> JSONResponse:
+        reply = await state["admin"].SetCanaryWeight(
+            admin_pb2.SetCanaryWeightRequest(percent=body.percent), metadata=admin_metadata(request)
+        )
+        return JSONResponse({"percent": reply.percent, "previous_percent": reply.previous_percent})
 
     @app.post("/admin/reload", summary="Hot-reload an adapter on the heads (admin token); zero failed requests")
     async def reload(request: Request, lora: str = "latest", target: Literal["all", "canary"] = "all") -> JSONResponse:

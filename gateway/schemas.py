@@ -81,3 +81,11 @@ class FeedbackBody(BaseModel):
     answer_id: str = Field(description="The answer_id (or the chat completion id without its chatcmpl- prefix).")
     rating: Literal["good", "bad"]
     comment: str = Field("", max_length=2000)
+
+
+class CanaryBody(BaseModel):
+    """POST /admin/canary: the canary's share of router traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: int = Field(ge=0, le=100, description="Share of router traffic sent to the canary, percent.")

@@ -59,6 +59,12 @@ class RouterMetrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
             registry=registry,
         )
+        self.feedback = Counter(
+            "spiral_feedback_total",
+            "User ratings, by rating and by the router instance that gave the rated answer.",
+            ["rating", "answered_by"],
+            registry=registry,
+        )
         self.budget_spent = Gauge(
             "spiral_budget_spent_usd", "Today's settled spend of the shared pool, US dollars.", registry=registry
         )

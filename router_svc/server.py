@@ -74,13 +74,14 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         metrics=metrics,
     )
     metrics.budget_pool.set(settings.daily_pool_usd_micros / 1e6)
-    router = RouterServicer(cascade, traffic, limits_from(settings))
+    router = RouterServicer(cascade, traffic, limits_from(settings), metrics.feedback)
     admin = AdminServicer(
         ledger,
         deps.admin_token,
         settings.per_request_cap_usd_micros,
         deps.heads,
         AdapterVersions(deps.redis, prefix=settings.redis_prefix),
+        settings,
     )
 
     def add(server):  # type: ignore[no-untyped-def]

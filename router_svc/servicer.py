@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter
 
 from router_svc.cache import AdapterVersions
 from router_svc.cascade import Answer, Cascade, Trace
@@ -15,9 +17,11 @@ from router_svc.council import Candidate
 from router_svc.heads_client import HeadClient
 from router_svc.traffic import TrafficLog
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
+from spiral_common import canary
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Limits, validate_chat
-from spiral_common.errors import NotImplementedYet, Unauthenticated
+from spiral_common.config import Settings
+from spiral_common.errors import Unauthenticated
 from spiral_common.logs import request_id_var
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
 
@@ -74,7 +78,8 @@ def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, cascade: Cascade, traffic: TrafficLog, limits: Limits) -> None:
+    def __init__(self, cascade: Cascade, traffic: TrafficLog, limits: Limits, feedback_total: Counter) -> None:
+        self.feedback_total = feedback_total
         self.cascade = cascade
         self.traffic = traffic
         self.limits = limits
@@ -129,7 +134,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def SubmitFeedback(
         self, request: router_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.SubmitFeedbackResponse:
-        await self.traffic.feedback(request.answer_id, _RATING.get(request.rating, ""), request.comment)
+        rating = _RATING.get(request.rating, "")
+        answered_by = await self.traffic.feedback(request.answer_id, rating, request.comment)
+        self.feedback_total.labels(rating, answered_by).inc()
         return router_pb2.SubmitFeedbackResponse(recorded=True)
 
 
@@ -143,7 +150,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         per_request_cap_usd_micros: int,
         heads: HeadClient,
         adapter_versions: AdapterVersions,
+        settings: Settings,
     ) -> None:
+        self.settings = settings
         self.ledger = ledger
         self.heads = heads
         self.adapter_versions = adapter_versions
@@ -198,10 +207,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetCanaryWeightRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetCanaryWeightResponse:
         self._authorize(context)
-        raise NotImplementedYet("GetCanaryWeight", "the live canary knob (the Envoy canary issue)")
+        return admin_pb2.GetCanaryWeightResponse(percent=canary.current_weight(self.settings))
 
     async def SetCanaryWeight(
         self, request: admin_pb2.SetCanaryWeightRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetCanaryWeightResponse:
         self._authorize(context)
-        raise NotImplementedYet("SetCanaryWeight", "the live canary knob (the Envoy canary issue)")
+        previous = await asyncio.to_thread(canary.set_weight, self.settings, request.percent)
+        log.info("canary weight set", extra={"percent": request.percent, "previous_percent": previous})
+        return admin_pb2.SetCanaryWeightResponse(previous_percent=previous, percent=request.percent)

@@ -53,15 +53,17 @@ class TrafficLog:
                 maxlen=self.max_entries,
                 approximate=True,
             )
-            pipe.set(self.index_prefix + exchange.answer_id, exchange.tier, ex=ANSWER_INDEX_TTL_S)
+            pipe.set(self.index_prefix + exchange.answer_id, exchange.router_instance, ex=ANSWER_INDEX_TTL_S)
             await pipe.execute()
 
-    async def feedback(self, answer_id: str, rating: str, comment: str) -> None:
+    async def feedback(self, answer_id: str, rating: str, comment: str) -> str:
+        """Record a rating; returns the router instance that gave the answer (for the canary's numbers)."""
         if rating not in ("good", "bad"):
             raise InvalidArgument("rating must be good or bad", reason="INVALID_RATING", field="rating")
         if len(comment) > 2000:
             raise InvalidArgument("comment is over 2,000 characters", reason="COMMENT_TOO_LONG", field="comment")
-        if not answer_id or not await self.redis.exists(self.index_prefix + answer_id):
+        answered_by = await self.redis.get(self.index_prefix + answer_id) if answer_id else None
+        if answered_by is None:
             raise NotFound(f"no answer {answer_id!r} in the traffic log", reason="ANSWER_NOT_FOUND", field="answer_id")
         await self.redis.xadd(
             self.stream,
@@ -75,3 +77,4 @@ class TrafficLog:
             maxlen=self.max_entries,
             approximate=True,
         )
+        return answered_by.decode()

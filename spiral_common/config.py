@@ -62,6 +62,13 @@ class Settings:
 
     # Share of router traffic Envoy sends to the canary router, percent.
     canary_weight_percent: int = field(default=5, metadata={"min": 0, "max": 100})
+    # Compare canary and main and promote or roll back this often, seconds (0: only `make promote`).
+    promotion_interval_s: int = field(default=0, metadata={"min": 0})
+    # Envoy health-checks the routers this often, milliseconds.
+    envoy_health_check_interval_ms: int = field(default=1000, metadata={"min": 100})
+    # Envoy's local rate limit in front of the routers: sustained calls per second, and the burst.
+    envoy_rate_limit_rps: int = field(default=2000, metadata={"min": 1})
+    envoy_rate_limit_burst: int = field(default=4000, metadata={"min": 1})
     # Envoy closes a stream with no bytes in either direction for this long, seconds.
     envoy_stream_idle_timeout_s: int = field(default=300, metadata={"min": 1})
 

@@ -14,7 +14,7 @@ from router_svc.heads_client import AdapterSwitch, HeadDone, HeadText
 from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from spiral_common import errors
+from spiral_common import canary, errors
 from spiral_common.config import load_settings
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.specs import load_providers
@@ -80,7 +80,7 @@ class Router:
 
 
 @pytest.fixture
-async def make_router(redis_client, prefix, providers_file):
+async def make_router(redis_client, prefix, providers_file, tmp_path):
     started = []
 
     async def make(heads=None, council="precise,concise,creative", **env) -> Router:
@@ -88,6 +88,7 @@ async def make_router(redis_client, prefix, providers_file):
         settings = load_settings(
             {
                 "SPIRAL_PROFILE": "quick_test",
+                "SPIRAL_RUN_DIR": str(tmp_path),
                 "SPIRAL_REDIS_PREFIX": prefix,
                 "SPIRAL_COUNCIL_HEADS": council,
                 "SPIRAL_CLOUD_PROVIDERS_FILE": str(providers_file),
@@ -344,6 +345,20 @@ async def test_a_reload_switches_the_heads_and_the_cache_key(make_router):
     await router.admin.ReloadAdapter(canary, metadata=ADMIN)
     assert router.heads.reloads[-1] == ("v8", True)
     assert await router.redis.get(f"{router.prefix}adapter_version:main") == b"v7"
+
+
+async def test_the_canary_weight_is_set_kept_and_validated(make_router, tmp_path, monkeypatch):
+    sent = []
+    monkeypatch.setattr(canary, "apply_to_envoy", lambda settings, percent: sent.append(percent))
+    router = await make_router()
+    assert (await router.admin.GetCanaryWeight(admin_pb2.GetCanaryWeightRequest(), metadata=ADMIN)).percent == 5
+    changed = await router.admin.SetCanaryWeight(admin_pb2.SetCanaryWeightRequest(percent=30), metadata=ADMIN)
+    assert (changed.previous_percent, changed.percent) == (5, 30)
+    assert (await router.admin.GetCanaryWeight(admin_pb2.GetCanaryWeightRequest(), metadata=ADMIN)).percent == 30
+    assert sent == [30] and (tmp_path / "canary_weight").read_text().strip() == "30"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.admin.SetCanaryWeight(admin_pb2.SetCanaryWeightRequest(percent=120), metadata=ADMIN)
+    assert reason_of(caught.value)[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_WEIGHT")
 
 
 async def test_admin_calls_need_the_token(make_router):

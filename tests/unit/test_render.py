@@ -8,15 +8,18 @@ import pytest
 import yaml
 
 from deploy.render import render_envoy, render_supervisord
+from spiral_common import canary
 from spiral_common.config import load_settings
+from spiral_common.errors import InvalidArgument
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
 
 
 @pytest.mark.parametrize("profile", ["default", "quick_test"])
 def test_envoy_validates_every_rendered_profile(profile, tmp_path):
+    settings = load_settings({"SPIRAL_PROFILE": profile, "SPIRAL_RUN_DIR": str(tmp_path)})
     config = tmp_path / "envoy.yaml"
-    config.write_text(render_envoy(load_settings({"SPIRAL_PROFILE": profile})))
+    config.write_text(render_envoy(settings))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "--log-level", "error"],
         capture_output=True,
@@ -31,13 +34,40 @@ def _route(config: dict, prefix: str) -> dict:
     return next(r for r in routes if r["match"]["prefix"] == prefix)
 
 
-def test_router_traffic_is_split_by_the_profile_weight_without_route_timeout():
-    settings = load_settings({"SPIRAL_CANARY_WEIGHT_PERCENT": "25"})
+def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_path):
+    settings = load_settings({"SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_CANARY_WEIGHT_PERCENT": "25"})
     config = yaml.safe_load(render_envoy(settings))
     route = _route(config, "/spiral.router.v1.")["route"]
-    weights = {c["name"]: c["weight"] for c in route["weighted_clusters"]["clusters"]}
-    assert weights == {"router_main": 75, "router_canary": 25}
+    split = route["weighted_clusters"]
+    assert split["runtime_key_prefix"] == "spiral.routers"
+    assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 75, "canary_first": 25}
     assert route["timeout"] == "0s"  # streams must not hit the 15 s default
+    assert "unavailable" in route["retry_policy"]["retry_on"]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for name in ("router_main", "router_canary"):
+        assert clusters[name]["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
+        assert (
+            clusters[name]["health_checks"][0]["grpc_health_check"]["service_name"] == "spiral.router.v1.RouterService"
+        )
+    # each side of the split falls over to the other router when its own has no healthy host
+    assert clusters["canary_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_canary", "router_main"]
+    assert clusters["main_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_main", "router_canary"]
+
+
+def test_a_set_weight_survives_a_restart(tmp_path, monkeypatch):
+    settings = load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})
+    sent = []
+    monkeypatch.setattr(canary, "apply_to_envoy", lambda s, percent: sent.append(percent))
+    assert canary.current_weight(settings) == 5
+    assert canary.set_weight(settings, 0) == 5
+    assert sent == [0]
+    restarted = load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})
+    assert canary.current_weight(restarted) == 0
+    split = _route(yaml.safe_load(render_envoy(restarted)), "/spiral.router.v1.")["route"]["weighted_clusters"]
+    assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 100, "canary_first": 0}
+    with pytest.raises(InvalidArgument):
+        canary.set_weight(settings, 101)
+    assert sent == [0]
 
 
 def test_admin_listens_on_loopback_and_ports_come_from_the_profile():
@@ -45,15 +75,9 @@ def test_admin_listens_on_loopback_and_ports_come_from_the_profile():
     config = yaml.safe_load(render_envoy(settings))
     admin = config["admin"]["address"]["socket_address"]
     assert (admin["address"], admin["port_value"]) == ("127.0.0.1", settings.envoy_admin_port)
-    ports = {
-        c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
-            "port_value"
-        ]
-        for c in config["static_resources"]["clusters"]
-    }
-    assert ports["router_main"] == settings.router_main_port
-    assert ports["router_canary"] == settings.router_canary_port
-    assert ports["head"] == settings.head_port
+    head = next(c for c in config["static_resources"]["clusters"] if c["name"] == "head")
+    address = head["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address["port_value"] == settings.head_port
 
 
 def test_supervisord_runs_every_service_and_passes_the_settings():
