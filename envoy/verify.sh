@@ -10,27 +10,29 @@ step() { printf '== %s\n' "$*"; }
 
 step "the admin interface answers, on loopback"
 [[ "$admin" == 127.* || "$admin" == localhost:* ]] || { echo "admin address $admin is not loopback" >&2; exit 1; }
-curl -sf "http://$admin/ready" | grep -q LIVE
+[[ "$(curl -sf "http://$admin/ready")" == LIVE* ]]
 
 step "both routers pass Envoy's gRPC health checks"
 hosts=$(curl -sf "http://$admin/clusters" | grep -cE '^router_(main|canary)::.*::health_flags::healthy$' || true)
 [ "$hosts" -eq 2 ] || { echo "only $hosts of 2 routers are healthy in Envoy" >&2; exit 1; }
 
-step "the router route splits main/canary by runtime weights"
-curl -sf "http://$admin/config_dump" | grep -q '"runtime_key_prefix": "spiral.routers"'
+# Read whole before grep: `grep -q` stops early, and under pipefail a cut-off curl fails the script.
+dump=$(curl -sf "http://$admin/config_dump")
 
+step "the router route splits main/canary by runtime weights"
+grep -q '"runtime_key_prefix": "spiral.routers"' <<<"$dump"
 
 step "the router's route has no timeout (streams) and retries unary calls on UNAVAILABLE"
-dump=$(curl -sf "http://$admin/config_dump")
 grep -q '"timeout": "0s"' <<<"$dump"
 grep -q '"retry_on": "unavailable' <<<"$dump"
 
 step "a gRPC call through the ingress, found by server reflection"
-"$buf" curl --protocol grpc --http2-prior-knowledge \
+answer=$("$buf" curl --protocol grpc --http2-prior-knowledge \
   -d '{"messages":[{"role":"ROLE_USER","content":"what is 6*7?"}]}' \
-  "http://$ingress/spiral.router.v1.RouterService/Orchestrate" | grep -q '6\*7 = 42'
+  "http://$ingress/spiral.router.v1.RouterService/Orchestrate")
+grep -q '6\*7 = 42' <<<"$answer"
 
 step "the access log and stats see it"
-curl -sf "http://$admin/stats?filter=upstream_rq_completed" \
-  | grep -qE '^cluster\.(main_first|canary_first|router_main|router_canary)\.upstream_rq_completed: [1-9]'
+stats=$(curl -sf "http://$admin/stats?filter=upstream_rq_completed")
+grep -qE '^cluster\.(main_first|canary_first|router_main|router_canary)\.upstream_rq_completed: [1-9]' <<<"$stats"
 echo "OK"
