@@ -15,6 +15,7 @@ import gguf
 import numpy as np
 import torch
 
+from head_svc.adapters import read_metadata
 from head_svc.model_files import file_sha256
 from spiral_common.errors import FailedPrecondition, InvalidArgument
 
@@ -320,11 +321,4 @@ def export_gguf_lora(
 
 def read_adapter_metadata(path: Path) -> dict[str, Any]:
     """The scalar and string key/values of a GGUF file (arrays skipped), as Python values."""
-    metadata: dict[str, Any] = {}
-    for key, entry in gguf.GGUFReader(str(path)).fields.items():
-        # GGUF.* are the reader's own header fields; arrays are vocabularies and the like, not metadata.
-        if key.startswith("GGUF.") or not entry.types or entry.types[0] == gguf.GGUFValueType.ARRAY:
-            continue
-        value = entry.contents()
-        metadata[key] = value.item() if isinstance(value, np.generic) else value
-    return metadata
+    return read_metadata(path)
