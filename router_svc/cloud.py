@@ -147,6 +147,7 @@ class CloudFallback:
         self.client = client
         self.ledger = ledger
         self.cap = per_request_cap_usd_micros
+        self._orphans: set[asyncio.Future[None]] = set()  # releases in flight, kept alive until done
 
     def plan(self, provider: CloudProvider, chat: ChatRequest) -> int:
         """The max_tokens this provider may use within the per-request cap (0: it cannot fit)."""
@@ -155,6 +156,22 @@ class CloudFallback:
             return chat.max_tokens
         room = self.cap * 1_000_000 - prompt_bound * provider.input_usd_micros_per_million_tokens
         return max(room // provider.output_usd_micros_per_million_tokens, 0)
+
+    async def _reserve(self, amount_usd_micros: int, subject: str) -> Reservation:
+        """Reserve, even when our caller cancels mid-way: Redis may grant the reservation after we stop
+        waiting, so an orphaned grant is released as soon as it arrives instead of waiting to expire."""
+        task = asyncio.ensure_future(self.ledger.reserve(amount_usd_micros, subject=subject))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, task: asyncio.Future[Reservation]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            release = asyncio.ensure_future(self.ledger.release(task.result()))
+            self._orphans.add(release)
+            release.add_done_callback(self._orphans.discard)
 
     async def _close(self, reservation: Reservation, provider: CloudProvider, prompt_bound: int, billable: int) -> None:
         """Settle what a failed call may have cost, or release it when no token came back.
@@ -185,8 +202,8 @@ class CloudFallback:
                 continue
             prompt_bound = prompt_token_bound(chat)
             try:
-                reservation = await self.ledger.reserve(
-                    cost_usd_micros(prompt_bound, max_tokens, provider), subject=f"a {provider.name} call"
+                reservation = await self._reserve(
+                    cost_usd_micros(prompt_bound, max_tokens, provider), f"a {provider.name} call"
                 )
             except BudgetExceeded as exc:
                 refusal = exc
