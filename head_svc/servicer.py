@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -10,6 +9,7 @@ from dataclasses import replace
 import grpc
 
 from head_svc.heads import Delta, HeadPool
+from head_svc.memory import resident_bytes
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import Limits, validate_chat
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
@@ -67,7 +67,7 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
                 for name in self.pool.heads
             ],
             max_concurrent_requests=self.pool.max_concurrent,
-            resident_memory_bytes=_resident_bytes(),
+            resident_memory_bytes=resident_bytes(),
         )
 
     async def LoadAdapter(
@@ -83,8 +83,3 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
             load_latency_us=int((time.perf_counter() - started) * 1e6),
             previous_version=previous,
         )
-
-
-def _resident_bytes() -> int:
-    with open(f"/proc/{os.getpid()}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
