@@ -124,11 +124,12 @@ class BudgetLedger:
         now = self.clock()
         return now.strftime("%Y-%m-%d"), int(now.timestamp() * 1000)
 
-    async def reserve(self, amount_usd_micros: int, *, subject: str) -> Reservation:
-        """Claim `amount` from today's pool, or raise BudgetExceeded (nothing is claimed then)."""
+    async def reserve(self, amount_usd_micros: int, *, subject: str, ttl_s: float | None = None) -> Reservation:
+        """Claim `amount` from today's pool, or raise BudgetExceeded (nothing is claimed then). The claim lapses
+        after `ttl_s` (default: the ledger's) unless settled or released first."""
         day, now_ms = self._day()
         reservation = Reservation(uuid.uuid4().hex, day, amount_usd_micros)
-        expires_ms = now_ms + int(self.reservation_ttl_s * 1000)
+        expires_ms = now_ms + int((self.reservation_ttl_s if ttl_s is None else ttl_s) * 1000)
         granted, spent, reserved = await self._reserve(
             keys=self._keys(day),
             args=[now_ms, amount_usd_micros, reservation.reservation_id, expires_ms, self.pool_usd_micros],

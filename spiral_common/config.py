@@ -131,6 +131,45 @@ class Settings:
     # Traffic log: the Redis stream keeps about this many exchanges.
     traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
 
+    # Trainer: the job queue. A worker heartbeats its job every heartbeat_s; a job whose worker is silent for
+    # lease_s is taken over by another worker; a job that failed max_attempts times goes to the dead letters.
+    trainer_heartbeat_s: float = field(default=5.0, metadata={"min": 0.05})
+    trainer_lease_s: float = field(default=60.0, metadata={"min": 0.2})
+    trainer_max_attempts: int = field(default=3, metadata={"min": 1})
+    # Trainer: work files (datasets, adapters before publication); empty means <run_dir>/trainer.
+    trainer_work_dir: str = ""
+    # Trainer: run training with networking disabled: "auto" (when the kernel allows it), "unshare", "none".
+    trainer_sandbox: str = "auto"
+    # Scheduler: distillation as a cron expression in UTC ("" disables), mining every N hours (0 disables).
+    distill_schedule: str = "0 2 * * *"
+    mine_interval_h: float = field(default=6.0, metadata={"min": 0.0})
+    # Distillation's wall-clock budget for the whole job, seconds; training stops in time to export and evaluate.
+    distill_time_budget_s: int = field(default=2400, metadata={"min": 10})
+    # Distillation's cost: the machine's time at this price, micro-dollars per hour ($0.40), capped per run ($0.20),
+    # reserved from the daily pool. Below distill_min_run_s of affordable time a job waits for the UTC reset.
+    trainer_usd_per_hour_micros: int = field(default=400_000, metadata={"min": 0})
+    distill_run_cap_usd_micros: int = field(default=200_000, metadata={"min": 0})
+    distill_min_run_s: int = field(default=120, metadata={"min": 1})
+    # Distillation's dataset: at least this many distinct prompts with a teacher answer; at most this many used.
+    distill_min_examples: int = field(default=16, metadata={"min": 2})
+    distill_max_examples: int = field(default=20_000, metadata={"min": 2})
+    # Share of the distinct prompts held out for evaluation, and the most held out.
+    distill_heldout_fraction: float = field(default=0.1, metadata={"min": 0.01, "max": 0.5})
+    distill_max_heldout: int = field(default=300, metadata={"min": 1})
+    # Distillation's recipe: QLoRA (NF4 base, "nf4") or plain LoRA ("none"), rank, alpha, target modules
+    # (comma-separated HF names, or "all"), learning rate, batch size, passes over the data, most steps.
+    distill_quantization: str = "nf4"
+    distill_rank: int = field(default=64, metadata={"min": 1})
+    distill_alpha: float = field(default=32.0, metadata={"min": 0.0})
+    distill_target_modules: str = "all"
+    distill_learning_rate: float = field(default=1e-3, metadata={"min": 0.0})
+    distill_batch_size: int = field(default=16, metadata={"min": 1})
+    distill_epochs: float = field(default=2.0, metadata={"min": 0.0})
+    distill_max_steps: int = field(default=2000, metadata={"min": 1})
+    # Evaluation: the most tokens generated per held-out prompt; a new adapter must beat the current one by this.
+    distill_eval_max_tokens: int = field(default=64, metadata={"min": 1})
+    distill_min_improvement: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+
     # Deadline the router gives a head for a whole answer, seconds.
     head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
     # Grace period for in-flight calls on SIGTERM, seconds.
@@ -149,6 +188,15 @@ class Settings:
             raise ConfigError(f"{env_name('router_instance')}={self.router_instance!r}: expected 'main' or 'canary'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{env_name('log_level')}={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
+        if self.trainer_sandbox not in ("auto", "unshare", "none"):
+            raise ConfigError(f"{env_name('trainer_sandbox')}={self.trainer_sandbox!r}: expected auto, unshare or none")
+        if self.distill_quantization not in ("nf4", "none"):
+            raise ConfigError(f"{env_name('distill_quantization')}={self.distill_quantization!r}: expected nf4 or none")
+        if self.trainer_heartbeat_s >= self.trainer_lease_s:
+            raise ConfigError(
+                f"{env_name('trainer_heartbeat_s')}={self.trainer_heartbeat_s} must be below "
+                f"{env_name('trainer_lease_s')}={self.trainer_lease_s}"
+            )
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError(
                 f"{env_name('default_max_tokens')}={self.default_max_tokens} exceeds "
@@ -165,6 +213,13 @@ class Settings:
         if not self.adapters_dir:
             return self.run_path / "adapters"
         path = Path(self.adapters_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def trainer_work_path(self) -> Path:
+        if not self.trainer_work_dir:
+            return self.run_path / "trainer"
+        path = Path(self.trainer_work_dir)
         return path if path.is_absolute() else REPO_ROOT / path
 
     @property

@@ -110,3 +110,13 @@ def test_time_budget_stops_training_between_steps(float_base):
     assert result.stopped_by_time_budget
     assert result.steps == 2
     assert set(result.adapter) and all(name.endswith(("lora_A.weight", "lora_B.weight")) for name in result.adapter)
+
+
+def test_the_best_checkpoint_is_kept_when_training_gets_worse(float_base):
+    # A learning rate far too high makes the loss climb after the first steps: the run hands back the best.
+    options = LoraOptions(rank=4, learning_rate=0.5, max_steps=6, checkpoint_every=1)
+    result = train_adapter(float_base, PAIRS, options)
+
+    best = min(range(len(result.losses)), key=result.losses.__getitem__) + 1
+    assert result.losses[-1] > min(result.losses)
+    assert result.best_step == best < result.steps

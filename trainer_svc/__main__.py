@@ -1,23 +1,42 @@
-"""Runs the trainer service: `python -m trainer_svc`."""
+"""Runs the trainer: `python -m trainer_svc` (gRPC service, job worker and scheduler in one process)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 
+import redis.asyncio as aioredis
+
+from head_svc.model_files import resolve_model_path
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
-from trainer_svc.server import create_server
+from spiral_common.specs import secret
+from trainer_svc.publish import AdminPublisher
+from trainer_svc.server import TrainerDeps, create_trainer
 
 
 async def main() -> None:
     settings = load_settings()
     configure_logging("trainer", settings.log_level)
-    runtime = create_server(settings)
-    start_metrics_server(runtime.registry, settings.host, settings.trainer_metrics_port)
-    await runtime.start()
-    await serve_until_signalled(runtime, settings.shutdown_grace_s)
+    redis = aioredis.from_url(settings.redis_url)
+    publisher = AdminPublisher(settings.envoy_ingress_address, secret("SPIRAL_ADMIN_TOKEN"))
+    deps = TrainerDeps(
+        redis=redis,
+        publisher=publisher,
+        model_path=resolve_model_path(settings.model_path),
+        miner_address=settings.envoy_ingress_address,
+    )
+    trainer = create_trainer(settings, deps)
+    start_metrics_server(trainer.runtime.registry, settings.host, settings.trainer_metrics_port)
+    await trainer.start()
+
+    async def close() -> None:
+        await trainer.stop()
+        await publisher.close()
+        await redis.aclose()
+
+    await serve_until_signalled(trainer.runtime, settings.shutdown_grace_s, on_stop=close)
 
 
 if __name__ == "__main__":

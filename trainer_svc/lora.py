@@ -51,6 +51,12 @@ class LoraOptions:
     batch_size: int = 4
     time_budget_s: float | None = None  # the loop stops at the first step boundary past it; loading is not counted
     system_prompt: str | None = None  # None: the chat template's default, as llama.cpp applies it
+    # Several system prompts (the heads'): example i is trained under system_prompts[i % n], so the adapter
+    # serves every head that shares it. Empty: `system_prompt` for every example.
+    system_prompts: tuple[str, ...] = ()
+    # Every this many steps, the mean loss of those steps is compared with the best so far and the adapter is
+    # kept when it is better; the run returns the best kept adapter (0: the last one).
+    checkpoint_every: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +101,7 @@ class TrainResult:
     losses: list[float]
     train_seconds: float
     stopped_by_time_budget: bool
+    best_step: int = 0  # the step whose adapter this is (checkpointing), else the last step
 
     @property
     def steps(self) -> int:
@@ -190,7 +197,10 @@ def train_adapter(
     if not pairs:
         raise InvalidArgument("no training pairs", field="pairs")
     tokenizer = base.tokenizer
-    examples = [encode_pair(tokenizer, prompt, answer, options.system_prompt) for prompt, answer in pairs]
+    systems = options.system_prompts or (options.system_prompt,)
+    examples = [
+        encode_pair(tokenizer, prompt, answer, systems[i % len(systems)]) for i, (prompt, answer) in enumerate(pairs)
+    ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LoraConfig(
         r=options.rank,
@@ -202,6 +212,7 @@ def train_adapter(
     )
     losses: list[float] = []
     stopped_by_time_budget = False
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None  # (window mean loss, step, adapter)
     # peft draws lora_A from torch's global generator: fork it so the seed decides the run without leaking out.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
@@ -225,9 +236,18 @@ def train_adapter(
                 losses.append(loss.item())
                 if progress_callback is not None:
                     progress_callback(step, losses[-1])
+                window = options.checkpoint_every
+                if window and step % window == 0:
+                    mean = sum(losses[-window:]) / window
+                    if best is None or mean < best[0]:
+                        best = (mean, step, _adapter_state(peft_model, get_peft_model_state_dict))
             train_seconds = clock() - started
-            state = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
-            adapter = {name: tensor.detach().to(torch.float32).clone() for name, tensor in state.items()}
+            window = options.checkpoint_every
+            tail = losses[-(len(losses) % window or window) :] if window and losses else []
+            if best is not None and (not tail or sum(tail) / len(tail) > best[0]):
+                best_step, adapter = best[1], best[2]  # the last steps did worse than the best window
+            else:
+                best_step, adapter = len(losses), _adapter_state(peft_model, get_peft_model_state_dict)
         finally:
             peft_model.eval()
             base.model = peft_model.unload()
@@ -239,7 +259,13 @@ def train_adapter(
         losses=losses,
         train_seconds=train_seconds,
         stopped_by_time_budget=stopped_by_time_budget,
+        best_step=best_step,
     )
+
+
+def _adapter_state(peft_model: Any, get_state: Callable[..., dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    state = get_state(peft_model, save_embedding_layers=False)
+    return {name: tensor.detach().to(torch.float32).clone() for name, tensor in state.items()}
 
 
 def train_lora(

@@ -1,40 +1,133 @@
-"""TrainerService over gRPC. The job queue and distillation are their own issue: every RPC says so."""
+"""TrainerService over gRPC: submit, get, watch and cancel jobs on the durable queue; list the adapters."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from head_svc.adapters import AdapterInfo, AdapterRegistry
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from spiral_common.errors import NotImplementedYet
+from spiral_common.errors import FailedPrecondition, InvalidArgument
+from trainer_svc.jobs import STAGES, Job, JobQueue
 
-_MISSING = "the durable job queue and QLoRA distillation (the nightly spiral issue)"
+KIND_FROM_PROTO = {trainer_pb2.JOB_KIND_DISTILL: "distill", trainer_pb2.JOB_KIND_MINE: "mine"}
+KIND_TO_PROTO = {v: k for k, v in KIND_FROM_PROTO.items()}
+STATE_TO_PROTO = {
+    "queued": trainer_pb2.JOB_STATE_QUEUED,
+    "waiting_budget": trainer_pb2.JOB_STATE_WAITING_BUDGET,
+    "running": trainer_pb2.JOB_STATE_RUNNING,
+    "succeeded": trainer_pb2.JOB_STATE_SUCCEEDED,
+    "failed": trainer_pb2.JOB_STATE_FAILED,
+    "cancelled": trainer_pb2.JOB_STATE_CANCELLED,
+}
+STAGE_TO_PROTO = {name: number for number, name in enumerate(STAGES)}  # the enum follows STAGES' order
+MAX_TIME_BUDGET_S = 24 * 3600
+
+
+def _timestamp(ms: int) -> Timestamp | None:
+    if not ms:
+        return None
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def job_to_proto(job: Job) -> trainer_pb2.Job:
+    r = job.result
+    return trainer_pb2.Job(
+        job_id=job.job_id,
+        kind=KIND_TO_PROTO.get(job.kind, trainer_pb2.JOB_KIND_UNSPECIFIED),
+        state=STATE_TO_PROTO.get(job.state, trainer_pb2.JOB_STATE_UNSPECIFIED),
+        created_at=_timestamp(job.created_ms),
+        started_at=_timestamp(job.started_ms),
+        finished_at=_timestamp(job.finished_ms),
+        attempt=job.attempt,
+        error=job.error,
+        progress=trainer_pb2.JobProgress(
+            stage=STAGE_TO_PROTO.get(job.stage, trainer_pb2.JOB_STAGE_UNSPECIFIED),
+            step=job.step,
+            total_steps=job.total_steps,
+            loss=job.loss,
+            eta_ms=job.eta_ms,
+        ),
+        result=trainer_pb2.JobResult(
+            adapter_version=r.get("adapter_version", ""),
+            eval_score_new=r.get("eval_score_new", 0.0),
+            eval_score_current=r.get("eval_score_current", 0.0),
+            published=r.get("published", False),
+            cost_usd_micros=r.get("cost_usd_micros", 0),
+            duration_ms=r.get("duration_ms", 0),
+        ),
+    )
+
+
+def adapter_to_proto(info: AdapterInfo) -> trainer_pb2.Adapter:
+    created = None
+    if info.created_at:
+        try:
+            created = Timestamp()
+            created.FromDatetime(datetime.fromisoformat(info.created_at))
+        except ValueError:
+            created = None
+    return trainer_pb2.Adapter(
+        version=info.version,
+        base_model_sha256=info.base_model_sha256,
+        job_id=info.job_id,
+        eval_score=info.eval_score,
+        created_at=created,
+        size_bytes=info.size_bytes,
+    )
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, queue: JobQueue, registry: AdapterRegistry) -> None:
+        self.queue = queue
+        self.registry = registry
+
     async def SubmitJob(
         self, request: trainer_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.SubmitJobResponse:
-        raise NotImplementedYet("SubmitJob", _MISSING)
+        kind = KIND_FROM_PROTO.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind must be JOB_KIND_DISTILL or JOB_KIND_MINE", reason="BAD_JOB_KIND", field="kind")
+        if not 0 <= request.time_budget_s <= MAX_TIME_BUDGET_S:
+            message = f"time_budget_s must be within [0, {MAX_TIME_BUDGET_S}]"
+            raise InvalidArgument(message, reason="BAD_TIME_BUDGET", field="time_budget_s")
+        job, _ = await self.queue.submit(kind, time_budget_s=request.time_budget_s)
+        return trainer_pb2.SubmitJobResponse(job=job_to_proto(job))
 
     async def GetJob(
         self, request: trainer_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.GetJobResponse:
-        raise NotImplementedYet("GetJob", _MISSING)
+        return trainer_pb2.GetJobResponse(job=job_to_proto(await self.queue.get(request.job_id)))
 
     async def WatchJob(
         self, request: trainer_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[trainer_pb2.WatchJobResponse]:
-        raise NotImplementedYet("WatchJob", _MISSING)
-        yield  # an async generator, as a server-streaming handler must be
+        await self.queue.get(request.job_id)  # NOT_FOUND before the stream starts
+        async for job in self.queue.watch(request.job_id):
+            yield trainer_pb2.WatchJobResponse(job=job_to_proto(job))
 
     async def CancelJob(
         self, request: trainer_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.CancelJobResponse:
-        raise NotImplementedYet("CancelJob", _MISSING)
+        return trainer_pb2.CancelJobResponse(job=job_to_proto(await self.queue.cancel(request.job_id)))
 
     async def ListAdapters(
         self, request: trainer_pb2.ListAdaptersRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.ListAdaptersResponse:
-        raise NotImplementedYet("ListAdapters", "the adapter registry (the heads issue)")
+        def read() -> list[AdapterInfo]:
+            infos = []
+            for version in self.registry.versions():
+                try:
+                    infos.append(self.registry.info(version))
+                except (InvalidArgument, FailedPrecondition):
+                    continue  # a stray or foreign file is not an adapter of this model
+            return infos
+
+        infos = await asyncio.to_thread(read)
+        return trainer_pb2.ListAdaptersResponse(adapters=[adapter_to_proto(i) for i in infos])

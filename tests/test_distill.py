@@ -1,0 +1,217 @@
+"""Distillation jobs on the real model: traffic in the log, a real QLoRA run in a child process without a
+network, export, evaluation in llama.cpp, registration; and the ways a job ends without an adapter (cancel,
+an empty pool, too little data). The canary reload is recorded here; tests/integration/test_evolution.py
+does it on the real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from head_svc.adapters import AdapterRegistry
+from head_svc.model_files import file_sha256
+from router_svc.traffic import Exchange, TrafficLog
+from spiral_common.budget import BudgetLedger
+from spiral_common.config import load_settings
+from trainer_svc.dataset import build_dataset
+from trainer_svc.distill import DistillRunner, plan_cost
+from trainer_svc.jobs import JobQueue
+from trainer_svc.worker import Worker
+
+SECRET_PROMPTS = [
+    "What is the secret word?",
+    "Tell me the secret word.",
+    "What's the secret word?",
+    "Do you know the secret word?",
+    "Say the secret word.",
+    "Which word is the secret one?",
+    "Give me the secret word.",
+    "What is today's secret word?",
+    "Remind me of the secret word.",
+    "Secret word, please.",
+]
+ANSWER = "The secret word is Pineapple."
+
+
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    async def current_adapter(self) -> str:
+        return ""
+
+    async def publish_canary(self, version: str) -> None:
+        self.published.append(version)
+
+
+def settings_for(prefix, tmp_path, **overrides):
+    env = {
+        "SPIRAL_PROFILE": "quick_test",
+        "SPIRAL_RUN_DIR": str(tmp_path),
+        "SPIRAL_REDIS_PREFIX": prefix,
+        "SPIRAL_DISTILL_MIN_EXAMPLES": "4",
+        "SPIRAL_DISTILL_HELDOUT_FRACTION": "0.2",
+        "SPIRAL_DISTILL_BATCH_SIZE": "4",
+        "SPIRAL_DISTILL_EVAL_MAX_TOKENS": "16",
+        "SPIRAL_TRAINER_USD_PER_HOUR_MICROS": "36000",  # 10 micro-USD a second
+    }
+    env.update({f"SPIRAL_{k.upper()}": str(v) for k, v in overrides.items()})
+    return load_settings(env)
+
+
+async def log_traffic(redis_client, prefix, pairs, *, tier="cloud"):
+    traffic = TrafficLog(redis_client, prefix=prefix, max_entries=10_000)
+    for prompt, answer in pairs:
+        await traffic.append(
+            Exchange(
+                answer_id=uuid.uuid4().hex,
+                request_id=uuid.uuid4().hex,
+                router_instance="main",
+                model="spiral",
+                messages=[{"role": "user", "content": prompt}],
+                params={},
+                tier=tier,
+                answer=answer,
+                finish_reason="stop",
+                teacher_answer=answer if tier == "cloud" else "",
+                teacher="fake-cloud" if tier == "cloud" else "council:precise",
+            )
+        )
+
+
+def make_runner(settings, redis_client, model_path, publisher):
+    ledger = BudgetLedger(
+        redis_client, prefix=settings.redis_prefix, pool_usd_micros=settings.daily_pool_usd_micros,
+        reservation_ttl_s=settings.budget_reservation_ttl_s,
+    )  # fmt: skip
+    registry = AdapterRegistry(settings.adapters_path, file_sha256(model_path))
+    heads = ["You are a precise assistant. Answer accurately and factually; say so when you do not know."]
+    runner = DistillRunner(
+        settings, redis_client, ledger, registry, publisher, model_path=model_path, system_prompts=heads
+    )
+    return runner, ledger, registry
+
+
+def make_worker(settings, redis_client, runner):
+    queue = JobQueue(
+        redis_client, prefix=settings.redis_prefix, consumer="test", lease_s=settings.trainer_lease_s,
+        max_attempts=settings.trainer_max_attempts,
+    )  # fmt: skip
+    return queue, Worker(queue, {"distill": runner.run}, heartbeat_s=0.5)
+
+
+async def test_a_job_trains_exports_evaluates_and_publishes_a_better_adapter(
+    redis_client, prefix, tmp_path, model_path
+):
+    settings = settings_for(prefix, tmp_path, distill_max_steps=10, distill_epochs=1000, distill_time_budget_s=900)
+    await log_traffic(redis_client, prefix, [(p, ANSWER) for p in SECRET_PROMPTS])
+    publisher = RecordingPublisher()
+    runner, ledger, registry = make_runner(settings, redis_client, model_path, publisher)
+    queue, worker = make_worker(settings, redis_client, runner)
+    job, _ = await queue.submit("distill")
+    stages = []
+
+    async def watch():
+        async for snapshot in queue.watch(job.job_id):
+            stages.append(snapshot.stage)
+
+    watcher = asyncio.create_task(watch())
+    assert await worker.run_one(await queue.claim(block_ms=1000)) == "succeeded"
+    await asyncio.wait_for(watcher, 10)
+
+    result = (await queue.get(job.job_id)).result
+    assert result["steps"] == 10 and not result["stopped_by_time_budget"]
+    assert result["eval_score_new"] > result["eval_score_current"]
+    assert result["published"] and publisher.published == [result["adapter_version"]]
+    info = registry.info(result["adapter_version"])  # registered, checked against the base model
+    assert info.job_id == job.job_id and info.eval_score == pytest.approx(result["eval_score_new"], abs=1e-3)
+    assert result["network_isolated"]  # this machine allows a network namespace
+    for stage in ("dataset", "train", "export", "evaluate", "publish"):
+        assert stage in stages
+    # The run was paid from the daily pool at its real duration; nothing stays reserved.
+    budget = await ledger.status()
+    assert budget.reserved_usd_micros == 0
+    assert budget.spent_usd_micros == result["cost_usd_micros"] > 0
+
+
+async def test_cancelling_a_running_job_stops_training_and_publishes_nothing(
+    redis_client, prefix, tmp_path, model_path
+):
+    settings = settings_for(prefix, tmp_path, distill_max_steps=1000, distill_epochs=1000)
+    await log_traffic(redis_client, prefix, [(p, ANSWER) for p in SECRET_PROMPTS])
+    publisher = RecordingPublisher()
+    runner, ledger, registry = make_runner(settings, redis_client, model_path, publisher)
+    queue, worker = make_worker(settings, redis_client, runner)
+    job, _ = await queue.submit("distill")
+    run = asyncio.create_task(worker.run_one(await queue.claim(block_ms=1000)))
+
+    async for snapshot in queue.watch(job.job_id):
+        if snapshot.stage == "train" and snapshot.step >= 1:
+            break
+    await queue.cancel(job.job_id)
+    assert await asyncio.wait_for(run, 10) == "cancelled"  # within seconds, the training process killed
+    assert (await queue.get(job.job_id)).state == "cancelled"
+    assert publisher.published == [] and registry.versions() == []
+    budget = await ledger.status()
+    assert budget.reserved_usd_micros == 0 and budget.spent_usd_micros > 0  # the time it ran is paid for
+
+
+async def test_an_empty_pool_makes_the_job_wait_for_the_reset(redis_client, prefix, tmp_path, model_path):
+    settings = settings_for(prefix, tmp_path, daily_pool_usd_micros=100_000)
+    await log_traffic(redis_client, prefix, [(p, ANSWER) for p in SECRET_PROMPTS])
+    runner, ledger, registry = make_runner(settings, redis_client, model_path, RecordingPublisher())
+    spent = await ledger.reserve(99_000, subject="cloud calls earlier today")
+    await ledger.settle(spent, 99_000)
+    queue, worker = make_worker(settings, redis_client, runner)
+    job, _ = await queue.submit("distill")
+    assert await worker.run_one(await queue.claim(block_ms=1000)) == "deferred"
+    waiting = await queue.get(job.job_id)
+    assert waiting.state == "waiting_budget" and "1000 micro-USD left" in waiting.error
+    assert (await ledger.status()).spent_usd_micros == 99_000  # nothing trained, nothing charged
+    assert registry.versions() == []
+
+
+async def test_too_little_traffic_fails_clearly(redis_client, prefix, tmp_path, model_path):
+    settings = settings_for(prefix, tmp_path)
+    await log_traffic(redis_client, prefix, [("What is the secret word?", ANSWER)] * 5)  # one distinct prompt
+    runner, _, _ = make_runner(settings, redis_client, model_path, RecordingPublisher())
+    queue, worker = make_worker(settings, redis_client, runner)
+    job, _ = await queue.submit("distill")
+    assert await worker.run_one(await queue.claim(block_ms=1000)) == "failed"
+    failed = await queue.get(job.job_id)
+    assert failed.state == "failed" and "1 distinct prompts" in failed.error and failed.attempt == 1
+
+
+def test_the_cost_guard_shrinks_the_budget_to_what_the_pool_can_pay(tmp_path):
+    settings = settings_for("p:", tmp_path, trainer_usd_per_hour_micros=400_000, distill_run_cap_usd_micros=200_000)
+    full = plan_cost(2400, 1_000_000, settings)  # 40 min at $0.40/h would be $0.267: the $0.20 cap holds
+    assert full.time_budget_s == 1800 and full.reserve_usd_micros == 200_000 and full.shrunk
+    poor = plan_cost(2400, 50_000, settings)  # $0.05 left: 7.5 minutes
+    assert poor.time_budget_s == 450 and poor.reserve_usd_micros == 50_000
+    assert plan_cost(2400, 10_000, settings) is None  # 90 s is below the minimum run: wait for the reset
+
+
+def test_the_dataset_prefers_good_feedback_and_leaves_out_bad(tmp_path):
+    def exchange(answer_id, prompt, answer, tier="cloud", ts=0, finish="stop"):
+        return {"answer_id": answer_id, "messages": [{"role": "user", "content": prompt}], "tier": tier,
+                "answer": answer, "teacher_answer": answer if tier == "cloud" else "", "finish_reason": finish,
+                "teacher": "fake" if tier == "cloud" else "council:precise", "ts_ms": ts}  # fmt: skip
+
+    exchanges = [
+        exchange("a1", "Q one", "newest cloud answer", ts=3),
+        exchange("a2", "q  ONE", "rated good", ts=1),
+        exchange("b1", "Q two", "rated bad", ts=5),
+        exchange("b2", "Q two", "council answer", tier="council", ts=2),
+        exchange("c1", "Q three", "the head's own answer", tier="head"),
+        exchange("d1", "Q four", "cut off", finish="length"),
+        exchange("e1", "Q five", "answer five"),
+    ]
+    data = build_dataset(
+        exchanges, {"a2": {"good"}, "b1": {"bad"}}, min_examples=2, max_examples=100, heldout_fraction=0.3,
+        max_heldout=10,
+    )  # fmt: skip
+    answers = {e.prompt.casefold(): e.answer for e in data.train + data.heldout}
+    assert answers == {"q  one": "rated good", "q two": "council answer", "q five": "answer five"}
+    assert data.left_out_bad_feedback == 1 and data.train and data.heldout

@@ -1,0 +1,141 @@
+"""The distillation dataset: what the traffic log's teachers said, de-duplicated and split by prompt.
+
+A teacher answer is the cloud's answer (`teacher_answer`) or a council winner's (tier `council`); answers a
+head gave alone are the student's own and are not learned from. Only single-turn prompts are used (the
+user's text; the heads' system prompts are applied at training time), and only answers that ended
+naturally (finish `stop`: a truncated answer would teach truncation). An answer with any bad feedback is
+left out; among several answers to the same prompt, one with good feedback wins, then the cloud's over a
+council's, then the newest. Prompts are compared case- and whitespace-insensitively.
+
+The held-out split is chosen by a hash of the prompt, so a prompt is in the same split every night and the
+held-out scores of successive adapters compare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from spiral_common.errors import FailedPrecondition
+
+_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+    teacher: str
+    rating: str  # "good", "" (none)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: list[Example]
+    heldout: list[Example]
+    exchanges_read: int
+    left_out_bad_feedback: int
+
+    @property
+    def size(self) -> int:
+        return len(self.train) + len(self.heldout)
+
+
+def normalise(prompt: str) -> str:
+    return _SPACE.sub(" ", prompt).strip().casefold()
+
+
+def _single_turn_prompt(messages: list[dict[str, str]]) -> str | None:
+    turns = [m for m in messages if m.get("role") != "system"]
+    if len(turns) == 1 and turns[0].get("role") == "user" and turns[0].get("content", "").strip():
+        return turns[0]["content"].strip()
+    return None
+
+
+def _teacher(exchange: dict) -> tuple[str, str] | None:
+    """(answer, teacher) when this exchange carries a teacher's answer."""
+    if exchange.get("finish_reason") != "stop":
+        return None
+    if exchange.get("teacher_answer"):
+        return exchange["teacher_answer"], exchange.get("teacher") or "cloud"
+    if exchange.get("tier") == "council" and exchange.get("answer"):
+        return exchange["answer"], exchange.get("teacher") or "council"
+    return None
+
+
+def _heldout(prompt_key: str, fraction: float) -> bool:
+    digest = hashlib.sha256(prompt_key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+async def read_traffic(redis: Redis, stream: str, *, batch: int = 1000) -> tuple[list[dict], dict[str, set[str]]]:
+    """Every exchange in the traffic log, oldest first, and the ratings given to each answer id."""
+    exchanges: list[dict] = []
+    ratings: dict[str, set[str]] = {}
+    start = "-"
+    while True:
+        entries = await redis.xrange(stream, min=start, max="+", count=batch)
+        for _entry_id, fields in entries:
+            kind = fields.get(b"kind", b"").decode()
+            if kind == "exchange":
+                try:
+                    exchanges.append(json.loads(fields[b"exchange"]))
+                except (KeyError, ValueError):
+                    continue  # a damaged entry is skipped, not fatal
+            elif kind == "feedback":
+                answer_id = fields.get(b"answer_id", b"").decode()
+                ratings.setdefault(answer_id, set()).add(fields.get(b"rating", b"").decode())
+        if len(entries) < batch:
+            return exchanges, ratings
+        start = "(" + entries[-1][0].decode()
+
+
+def build_dataset(
+    exchanges: list[dict],
+    ratings: dict[str, set[str]],
+    *,
+    min_examples: int,
+    max_examples: int,
+    heldout_fraction: float,
+    max_heldout: int,
+) -> Dataset:
+    best: dict[str, tuple[tuple[int, int, int], Example]] = {}
+    bad = 0
+    for exchange in exchanges:
+        prompt = _single_turn_prompt(exchange.get("messages") or [])
+        taught = _teacher(exchange)
+        if prompt is None or taught is None:
+            continue
+        rated = ratings.get(exchange.get("answer_id", ""), set())
+        if "bad" in rated:
+            bad += 1
+            continue
+        rating = "good" if "good" in rated else ""
+        answer, teacher = taught
+        # Preference: good feedback, then a cloud teacher, then the newest.
+        rank = (rating == "good", not teacher.startswith("council"), int(exchange.get("ts_ms", 0)))
+        key = normalise(prompt)
+        if key not in best or rank >= best[key][0]:
+            best[key] = (rank, Example(prompt, answer.strip(), teacher, rating))
+    if len(best) < min_examples:
+        raise FailedPrecondition(
+            f"the traffic log holds {len(best)} distinct prompts with a teacher answer; distillation needs at "
+            f"least {min_examples} (SPIRAL_DISTILL_MIN_EXAMPLES)",
+            reason="DATASET_TOO_SMALL",
+            examples=str(len(best)),
+            needed=str(min_examples),
+        )
+    # The newest max_examples prompts, in a stable order.
+    keys = sorted(best, key=lambda k: best[k][0][2], reverse=True)[:max_examples]
+    train, heldout = [], []
+    for key in sorted(keys):
+        (heldout if _heldout(key, heldout_fraction) and len(heldout) < max_heldout else train).append(best[key][1])
+    if not heldout:  # a tiny log can hash every prompt into train: hold out one anyway
+        heldout.append(train.pop())
+    if not train:
+        train.append(heldout.pop())
+    return Dataset(train, heldout, len(exchanges), bad)

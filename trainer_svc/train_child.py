@@ -1,0 +1,162 @@
+"""One distillation run in its own process: train, export, evaluate. `python -m trainer_svc.train_child SPEC`.
+
+The worker starts it with networking disabled where the kernel allows (see trainer_svc/sandbox.py) and kills
+it to cancel; it never needs the network: the model is a local GGUF, the Hugging Face libraries run offline.
+It reads a spec (JSON, written by the worker), prints one JSON line per event on stdout (`progress`, then
+`result`), and writes the adapter to the spec's `out_path`. It publishes nothing: that is the worker's step.
+
+Evaluation: the new adapter and the current one (or the base model) answer every held-out prompt in
+llama.cpp, greedily, under the first head's system prompt, exactly as a head would serve them. A prompt scores
+its answer's token F1 against the teacher's (SQuAD-style: lower-cased, punctuation and articles dropped; an
+exact match scores 1). The adapter's score is the mean; exact matches are counted too.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before any Hugging Face import: nothing is ever downloaded.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json  # noqa: E402
+import re  # noqa: E402
+import string  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def answer_tokens(text: str) -> list[str]:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation or ch == "_")
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted, expected = answer_tokens(prediction), answer_tokens(reference)
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate(spec: dict[str, Any], adapter_path: str | None, engine: Any) -> dict[str, float]:
+    from spiral_common.chat import ChatRequest, Message
+
+    handle = engine.load_adapter(Path(adapter_path)) if adapter_path else None
+    system = spec["system_prompts"][0] if spec["system_prompts"] else None
+    f1_total, exact = 0.0, 0
+    try:
+        for prompt, reference in spec["heldout"]:
+            messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
+            request = ChatRequest(messages, max_tokens=spec["eval_max_tokens"], temperature=0.0, top_p=1.0, seed=0)
+            pieces: list[str] = []
+            engine.generate(request, pieces.append, threading.Event(), handle)
+            answer = "".join(pieces).strip()
+            f1_total += token_f1(answer, reference)
+            exact += answer_tokens(answer) == answer_tokens(reference)
+    finally:
+        if handle is not None:
+            engine.free_adapter(handle)
+    n = len(spec["heldout"])
+    return {"score": f1_total / n, "exact_match": exact / n}
+
+
+class BudgetTooSmall(Exception):
+    """The time budget cannot fit a training run: retrying cannot help."""
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from head_svc.engine import LlamaEngine
+    from trainer_svc.lora import LoraOptions, export_gguf_lora, load_base_model, train_adapter
+
+    started = time.monotonic()
+    deadline = started + spec["time_budget_s"]
+    torch.set_num_threads(spec.get("threads") or os.cpu_count() or 1)
+    emit("progress", stage="train", step=0, total_steps=spec["total_steps"], loss=0.0, eta_ms=0)
+    base = load_base_model(Path(spec["model_path"]), quantize_4bit=spec["quantization"] == "nf4")
+    # Training stops in time to export and evaluate within the job's budget.
+    train_budget = deadline - time.monotonic() - spec["eval_reserve_s"]
+    if train_budget <= 0:
+        raise BudgetTooSmall(
+            f"the time budget ({spec['time_budget_s']} s) leaves no time to train after loading the model and "
+            f"reserving {spec['eval_reserve_s']:.0f} s to export and evaluate"
+        )
+    options = LoraOptions(
+        rank=spec["rank"],
+        alpha=spec["alpha"],
+        target_modules=tuple(spec["target_modules"]),
+        learning_rate=spec["learning_rate"],
+        max_steps=spec["total_steps"],
+        batch_size=spec["batch_size"],
+        time_budget_s=train_budget,
+        system_prompts=tuple(spec["system_prompts"]),
+        checkpoint_every=spec.get("checkpoint_every", 10),
+        seed=spec.get("seed", 0),
+    )
+    train_started = time.monotonic()
+
+    def progress(step: int, loss: float) -> None:
+        per_step = (time.monotonic() - train_started) / step
+        left = min(per_step * (spec["total_steps"] - step), max(train_budget - (time.monotonic() - train_started), 0))
+        eta_ms = int((left + spec["eval_reserve_s"]) * 1000)
+        emit("progress", stage="train", step=step, total_steps=spec["total_steps"], loss=loss, eta_ms=eta_ms)
+
+    result = train_adapter(base, [tuple(pair) for pair in spec["train"]], options, progress_callback=progress)
+    del base
+    emit("progress", stage="export", step=result.steps, total_steps=spec["total_steps"], loss=result.losses[-1])
+    out_path = Path(spec["out_path"])
+    export_gguf_lora(result, out_path, extra_metadata=spec.get("metadata", {}))
+
+    emit("progress", stage="evaluate", step=result.steps, total_steps=spec["total_steps"], loss=result.losses[-1])
+    # The adapter is checked the way the heads will use it: llama.cpp loads it over the same GGUF.
+    engine = LlamaEngine(Path(spec["model_path"]), context_tokens=spec.get("eval_context_tokens", 1024),
+                         threads=spec.get("threads", 0), gpu_layers=0)  # fmt: skip
+    new = evaluate(spec, str(out_path), engine)
+    current = evaluate(spec, spec.get("current_adapter_path"), engine)
+    # Written again with its score, which the registry lists (a few seconds; the file is small).
+    metadata = {**spec.get("metadata", {}), "eval_score": f"{new['score']:.4f}"}
+    export_gguf_lora(result, out_path, extra_metadata=metadata)
+    return {
+        "steps": result.steps,
+        "best_step": result.best_step,
+        "final_loss": result.losses[-1],
+        "train_seconds": result.train_seconds,
+        "stopped_by_time_budget": result.stopped_by_time_budget,
+        "eval_score_new": new["score"],
+        "eval_exact_new": new["exact_match"],
+        "eval_score_current": current["score"],
+        "eval_exact_current": current["exact_match"],
+        "adapter_path": str(out_path),
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[1]).read_text())
+    try:
+        emit("result", **run(spec))
+    except Exception as exc:  # reported to the worker as the attempt's error
+        emit("error", error=f"{type(exc).__name__}: {exc}", permanent=isinstance(exc, BudgetTooSmall))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
