@@ -40,9 +40,13 @@ promote: bootstrap
 ci-up:
 	$(MAKE) up PROFILE=quick_test
 
-# Named by the white paper, not built yet: they say so instead of pretending.
-evolution-once gate:
-	@echo "make $@: not built yet (see README, Status: the job queue and nightly distillation, the release gate)" >&2; exit 2
+# make evolution-once: enqueue a distillation job on the running platform now, stream its progress, print the outcome.
+evolution-once: bootstrap
+	$(PY) -m trainer_svc.evolution_once $(if $(TIME_BUDGET_S),--time-budget-s $(TIME_BUDGET_S))
+
+# Named by the white paper, not built yet: it says so instead of pretending.
+gate:
+	@echo "make $@: not built yet (see README, Status: the release gate)" >&2; exit 2
 
 render: bootstrap
 	$(PY) -m deploy.render

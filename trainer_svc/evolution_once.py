@@ -20,6 +20,13 @@ STAGE_NAMES = {v: k.removeprefix("JOB_STAGE_").lower() for k, v in trainer_pb2.J
 STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in trainer_pb2.JobState.items()}
 
 
+WATCH_RETRIES = 30
+
+
+def _final(job: trainer_pb2.Job) -> bool:
+    return job.state in (trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED)
+
+
 def describe(job: trainer_pb2.Job) -> str:
     state = STATE_NAMES[job.state]
     if job.state == trainer_pb2.JOB_STATE_RUNNING:
@@ -68,13 +75,24 @@ async def run(address: str, time_budget_s: int, cancel: str) -> int:
             return 2
         job = submitted.job
         print(f"job {job.job_id} ({STATE_NAMES[job.state]}); following it (Ctrl-C stops following, not the job)")
-        last = ""
-        async for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id)):
-            job = update.job
-            line = describe(job)
-            if line != last:
-                print(f"  {line}", flush=True)
-                last = line
+        last, lost = "", 0
+        while not _final(job):
+            try:
+                async for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id)):
+                    job = update.job
+                    line = describe(job)
+                    if line != last:
+                        print(f"  {line}", flush=True)
+                        last = line
+            except grpc.aio.AioRpcError as exc:
+                # The trainer restarted, or a proxy dropped the stream: the job goes on; follow it again.
+                lost += 1
+                if lost > WATCH_RETRIES:
+                    message = f"lost the job's stream {lost} times ({exc.code().name}); the job goes on"
+                    print(f"evolution-once: {message}: follow it with GetJob {job.job_id}", file=sys.stderr)
+                    return 2
+                print(f"  (stream lost: {exc.code().name}; following again)", flush=True)
+                await asyncio.sleep(2.0)  # back-off before re-attaching
         print(outcome(job))
         return 0 if job.state == trainer_pb2.JOB_STATE_SUCCEEDED else 1
 

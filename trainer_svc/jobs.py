@@ -256,18 +256,21 @@ class JobQueue:
                 jobs.append(Job.from_hash(raw))
         return sorted(jobs, key=lambda j: j.created_ms, reverse=True)[:limit]
 
-    async def watch(self, job_id: str, *, poll_s: float = 1.0) -> AsyncIterator[Job]:
+    async def watch(self, job_id: str, *, poll_s: float = 1.0, keepalive_s: float = 15.0) -> AsyncIterator[Job]:
         """The job now, then after every change, until it is final. Change events come over pub/sub; the poll
-        is the fallback for an event lost while reconnecting (pub/sub does not buffer)."""
+        is the fallback for an event lost while reconnecting (pub/sub does not buffer). An unchanged job is
+        sent again every `keepalive_s`, so that a quiet stretch (loading the model) does not look like an
+        idle stream to a proxy (Envoy's stream_idle_timeout)."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.events)
         try:
             last: Job | None = None
+            sent_at = 0.0
             while True:
                 job = await self.get(job_id)
-                if job != last:
+                if job != last or time.monotonic() - sent_at >= keepalive_s:
                     yield job
-                    last = job
+                    last, sent_at = job, time.monotonic()
                 if job.final:
                     return
                 deadline = time.monotonic() + poll_s

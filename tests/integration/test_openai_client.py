@@ -128,7 +128,8 @@ def test_admin_budget_needs_the_token(platform, gateway_url):
     assert httpx.get(f"{gateway_url}/admin/budget").status_code == 401
     token = (platform.run / "secrets.env").read_text().split("SPIRAL_ADMIN_TOKEN=")[1].strip()
     budget = httpx.get(f"{gateway_url}/admin/budget", headers={"authorization": f"Bearer {token}"}).json()
-    assert (budget["pool_usd_micros"], budget["spent_usd_micros"]) == ("100000", "0")
+    # The trainer's jobs (test_evolution) pay from the same pool: spend is whatever the session has used.
+    assert budget["pool_usd_micros"] == "100000" and 0 <= int(budget["spent_usd_micros"]) <= 100000
 
 
 def test_openapi_document_is_published(gateway_url):

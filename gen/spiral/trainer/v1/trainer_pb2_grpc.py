@@ -83,7 +83,8 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """WatchJob streams a job's progress until it reaches a final state.
+        """WatchJob streams a job's progress until it reaches a final state: the job
+        after every change, and again at least every 15 s while nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
