@@ -166,6 +166,8 @@ class Settings:
     distill_batch_size: int = field(default=16, metadata={"min": 1})
     distill_epochs: float = field(default=2.0, metadata={"min": 0.0})
     distill_max_steps: int = field(default=2000, metadata={"min": 1})
+    # Adapt only the last N transformer blocks (0: every block): cheaper steps, more examples per budget.
+    distill_top_layers: int = field(default=0, metadata={"min": 0})
     # Evaluation: the most tokens generated per held-out prompt; a new adapter must beat the current one by this.
     distill_eval_max_tokens: int = field(default=64, metadata={"min": 1})
     distill_min_improvement: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})

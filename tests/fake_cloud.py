@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -32,6 +33,8 @@ class FakeCloud:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
     port: int = 0
+    # A teacher that knows each prompt's answer (bench.distill): the text for a request body, or None.
+    answer_for: Callable[[dict], str | None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -49,7 +52,8 @@ class FakeCloud:
                 await asyncio.sleep(behaviour.delay_s)
             if behaviour.mode == "error":
                 return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
-            words = behaviour.text.split(" ")[: body.get("max_tokens") or None]
+            text = (self.answer_for(body) if self.answer_for else None) or behaviour.text
+            words = text.split(" ")[: body.get("max_tokens") or None]
 
             async def events():  # type: ignore[no-untyped-def]
                 def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:

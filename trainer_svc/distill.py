@@ -214,6 +214,7 @@ class DistillRunner:
             "target_modules": target_modules(s.distill_target_modules),
             "learning_rate": s.distill_learning_rate,
             "batch_size": s.distill_batch_size,
+            "top_layers": s.distill_top_layers,
             "total_steps": steps,
             "time_budget_s": plan.time_budget_s,
             "eval_reserve_s": EXPORT_RESERVE_S + EVAL_SECONDS_PER_PROMPT * len(data.heldout),

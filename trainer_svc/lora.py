@@ -57,6 +57,9 @@ class LoraOptions:
     # Every this many steps, the mean loss of those steps is compared with the best so far and the adapter is
     # kept when it is better; the run returns the best kept adapter (0: the last one).
     checkpoint_every: int = 0
+    # Adapt only the last N transformer blocks (0: all). The backward pass then stops at the lowest adapted
+    # block, so a step costs less: more examples fit a time budget.
+    top_layers: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -202,10 +205,13 @@ def train_adapter(
         encode_pair(tokenizer, prompt, answer, systems[i % len(systems)]) for i, (prompt, answer) in enumerate(pairs)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    n_layers = base.model.config.num_hidden_layers
+    layers = list(range(n_layers - options.top_layers, n_layers)) if 0 < options.top_layers < n_layers else None
     config = LoraConfig(
         r=options.rank,
         lora_alpha=options.alpha,
         target_modules=list(options.target_modules),
+        layers_to_transform=layers,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",

@@ -109,6 +109,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         time_budget_s=train_budget,
         system_prompts=tuple(spec["system_prompts"]),
         checkpoint_every=spec.get("checkpoint_every", 10),
+        top_layers=spec.get("top_layers", 0),
         seed=spec.get("seed", 0),
     )
     train_started = time.monotonic()
