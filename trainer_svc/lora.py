@@ -111,6 +111,11 @@ class TrainResult:
         return len(self.losses)
 
 
+def train_device() -> str:
+    """CUDA when torch sees a GPU (install the CUDA torch wheel), else the CPU; bitsandbytes NF4 works on both."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_base_model(model_path: Path, *, quantize_4bit: bool = True) -> BaseModel:
     """Loads a llama-architecture GGUF through transformers (which dequantises it), never touching the network."""
     # huggingface_hub reads these once, when first imported; local_files_only covers a process that imported it sooner.
@@ -141,8 +146,10 @@ def load_base_model(model_path: Path, *, quantize_4bit: bool = True) -> BaseMode
             bnb_4bit_use_double_quant=True,
         )
         model = type(model).from_pretrained(
-            None, config=config, state_dict=model.state_dict(), quantization_config=nf4, device_map="cpu"
+            None, config=config, state_dict=model.state_dict(), quantization_config=nf4, device_map=train_device()
         )
+    else:
+        model = model.to(train_device())
     info = BaseModelInfo(
         path=model_path,
         sha256=file_sha256(model_path),
@@ -205,6 +212,7 @@ def train_adapter(
         encode_pair(tokenizer, prompt, answer, systems[i % len(systems)]) for i, (prompt, answer) in enumerate(pairs)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(base.model.parameters()).device
     n_layers = base.model.config.num_hidden_layers
     layers = list(range(n_layers - options.top_layers, n_layers)) if 0 < options.top_layers < n_layers else None
     config = LoraConfig(
@@ -234,7 +242,8 @@ def train_adapter(
                 if options.time_budget_s is not None and clock() - started >= options.time_budget_s:
                     stopped_by_time_budget = True
                     break
-                loss = peft_model(**_collate([examples[i] for i in indices], pad_id)).loss
+                batch = _collate([examples[i] for i in indices], pad_id)
+                loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
@@ -271,7 +280,7 @@ def train_adapter(
 
 def _adapter_state(peft_model: Any, get_state: Callable[..., dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     state = get_state(peft_model, save_embedding_layers=False)
-    return {name: tensor.detach().to(torch.float32).clone() for name, tensor in state.items()}
+    return {name: tensor.detach().to("cpu", torch.float32).clone() for name, tensor in state.items()}
 
 
 def train_lora(

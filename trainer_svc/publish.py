@@ -86,10 +86,11 @@ def push_job_metrics(gateway: str, job: Job, outcome: str, result: dict[str, Any
         gauge("spiral_trainer_last_success_timestamp_seconds", "When a job of this kind last succeeded", time.time())
     if "final_loss" in result:
         gauge("spiral_trainer_final_loss", "Training loss at the last step of the last job", result["final_loss"])
-    for which in ("new", "current"):
-        if f"eval_score_{which}" in result:
-            score = result[f"eval_score_{which}"]
-            gauge("spiral_trainer_eval_score", "Held-out score of the last job's adapters", score, {"adapter": which})
+    if "eval_score_new" in result:
+        scores = Gauge("spiral_trainer_eval_score", "Held-out score of the last job's adapters", ["kind", "adapter"],
+                       registry=registry)  # fmt: skip
+        for which in ("new", "current"):
+            scores.labels(job.kind, which).set(result.get(f"eval_score_{which}", 0.0))
     if "cost_usd_micros" in result:
         gauge("spiral_trainer_job_cost_usd_micros", "What the last job cost, micro-dollars", result["cost_usd_micros"])
     pushadd_to_gateway(gateway, job=PUSH_JOB, grouping_key={"kind": job.kind}, registry=registry, timeout=10)
