@@ -27,6 +27,14 @@ class ConfigError(ValueError):
     """A setting is missing or out of range; the message names the environment variable."""
 
 
+# Settings that take one of a few words.
+_CHOICES = {
+    "trainer_sandbox": ("auto", "unshare", "none"),
+    "distill_quantization": ("nf4", "none"),
+    "distill_lr_schedule": ("cosine", "constant"),
+}
+
+
 def _port(minimum: int = 0) -> dict[str, Any]:
     return {"min": minimum, "max": 65535}
 
@@ -168,6 +176,8 @@ class Settings:
     distill_max_steps: int = field(default=2000, metadata={"min": 1})
     # Adapt only the last N transformer blocks (0: every block): cheaper steps, more examples per budget.
     distill_top_layers: int = field(default=0, metadata={"min": 0})
+    # Learning-rate schedule: "cosine" (warm-up, then decay over the run's steps or time budget) or "constant".
+    distill_lr_schedule: str = "cosine"
     # Evaluation: the most tokens generated per held-out prompt; a new adapter must beat the current one by this.
     distill_eval_max_tokens: int = field(default=64, metadata={"min": 1})
     distill_min_improvement: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
@@ -190,10 +200,9 @@ class Settings:
             raise ConfigError(f"{env_name('router_instance')}={self.router_instance!r}: expected 'main' or 'canary'")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"{env_name('log_level')}={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
-        if self.trainer_sandbox not in ("auto", "unshare", "none"):
-            raise ConfigError(f"{env_name('trainer_sandbox')}={self.trainer_sandbox!r}: expected auto, unshare or none")
-        if self.distill_quantization not in ("nf4", "none"):
-            raise ConfigError(f"{env_name('distill_quantization')}={self.distill_quantization!r}: expected nf4 or none")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{env_name(name)}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.trainer_heartbeat_s >= self.trainer_lease_s:
             raise ConfigError(
                 f"{env_name('trainer_heartbeat_s')}={self.trainer_heartbeat_s} must be below "

@@ -120,3 +120,15 @@ def test_the_best_checkpoint_is_kept_when_training_gets_worse(float_base):
     best = min(range(len(result.losses)), key=result.losses.__getitem__) + 1
     assert result.losses[-1] > min(result.losses)
     assert result.best_step == best < result.steps
+
+
+def test_the_cosine_schedule_warms_up_and_anneals_by_steps_or_by_the_clock():
+    from trainer_svc.lora import _lr_factor
+
+    steps = LoraOptions(max_steps=100, lr_schedule="cosine")
+    assert _lr_factor(steps, 1, 0) < 0.5  # warming up
+    assert _lr_factor(steps, 5, 0) == pytest.approx(1.0)
+    assert _lr_factor(steps, 50, 0) < 1.0 and _lr_factor(steps, 100, 0) == pytest.approx(0.1)
+    clocked = LoraOptions(max_steps=10_000, time_budget_s=100.0, lr_schedule="cosine")
+    assert _lr_factor(clocked, 10, 99.9) == pytest.approx(0.1, abs=1e-3)  # the clock ends the run: annealed
+    assert _lr_factor(LoraOptions(), 1, 0) == 1.0  # constant

@@ -215,6 +215,7 @@ class DistillRunner:
             "learning_rate": s.distill_learning_rate,
             "batch_size": s.distill_batch_size,
             "top_layers": s.distill_top_layers,
+            "lr_schedule": s.distill_lr_schedule,
             "total_steps": steps,
             "time_budget_s": plan.time_budget_s,
             "eval_reserve_s": EXPORT_RESERVE_S + EVAL_SECONDS_PER_PROMPT * len(data.heldout),
@@ -243,7 +244,8 @@ def check_recipe(spec: dict[str, Any]) -> None:
     """Bad recipe settings fail here, before a child process is started, with the setting's name."""
     from trainer_svc.lora import LoraOptions
 
-    LoraOptions(rank=spec["rank"], target_modules=tuple(spec["target_modules"]), batch_size=spec["batch_size"])
+    LoraOptions(rank=spec["rank"], target_modules=tuple(spec["target_modules"]), batch_size=spec["batch_size"],
+                lr_schedule=spec["lr_schedule"])  # fmt: skip
 
 
 def _die_with_parent() -> None:

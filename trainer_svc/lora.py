@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import time
@@ -60,6 +61,10 @@ class LoraOptions:
     # Adapt only the last N transformer blocks (0: all). The backward pass then stops at the lowest adapted
     # block, so a step costs less: more examples fit a time budget.
     top_layers: int = 0
+    # "constant", or "cosine": a warm-up over the first 5 % of the run, then a cosine decay to 10 % of the peak.
+    # The run's progress is the larger of steps done / max_steps and time spent / time_budget_s, so a run the
+    # clock stops has still annealed.
+    lr_schedule: str = "constant"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,6 +72,10 @@ class LoraOptions:
             raise InvalidArgument(f"rank must be >= 1, got {self.rank}", field="rank")
         if self.max_steps < 0 or self.batch_size < 1:
             raise InvalidArgument("max_steps must be >= 0 and batch_size >= 1", field="max_steps")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InvalidArgument(
+                f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}", field="lr_schedule"
+            )
         unknown = sorted(set(self.target_modules) - set(LLAMA_CPP_TENSOR_NAMES))
         if unknown or not self.target_modules:
             raise InvalidArgument(f"llama.cpp has no LoRA target for {unknown or 'nothing'}", field="target_modules")
@@ -239,9 +248,12 @@ def train_adapter(
             batches = itertools.islice(_batches(len(examples), options.batch_size, order), options.max_steps)
             started = clock()
             for step, indices in enumerate(batches, start=1):
-                if options.time_budget_s is not None and clock() - started >= options.time_budget_s:
+                elapsed = clock() - started
+                if options.time_budget_s is not None and elapsed >= options.time_budget_s:
                     stopped_by_time_budget = True
                     break
+                for group in optimizer.param_groups:
+                    group["lr"] = options.learning_rate * _lr_factor(options, step, elapsed)
                 batch = _collate([examples[i] for i in indices], pad_id)
                 loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
                 loss.backward()
@@ -276,6 +288,18 @@ def train_adapter(
         stopped_by_time_budget=stopped_by_time_budget,
         best_step=best_step,
     )
+
+
+def _lr_factor(options: LoraOptions, step: int, elapsed_s: float) -> float:
+    if options.lr_schedule == "constant":
+        return 1.0
+    progress = step / max(options.max_steps, 1)
+    if options.time_budget_s:
+        progress = max(progress, elapsed_s / options.time_budget_s)
+    progress = min(progress, 1.0)
+    if progress < 0.05:
+        return max(progress / 0.05, 0.05)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95))
 
 
 def _adapter_state(peft_model: Any, get_state: Callable[..., dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

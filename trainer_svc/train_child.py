@@ -110,6 +110,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         system_prompts=tuple(spec["system_prompts"]),
         checkpoint_every=spec.get("checkpoint_every", 10),
         top_layers=spec.get("top_layers", 0),
+        lr_schedule=spec.get("lr_schedule", "constant"),
         seed=spec.get("seed", 0),
     )
     train_started = time.monotonic()
