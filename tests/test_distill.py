@@ -215,3 +215,44 @@ def test_the_dataset_prefers_good_feedback_and_leaves_out_bad(tmp_path):
     answers = {e.prompt.casefold(): e.answer for e in data.train + data.heldout}
     assert answers == {"q  one": "rated good", "q two": "council answer", "q five": "answer five"}
     assert data.left_out_bad_feedback == 1 and data.train and data.heldout
+
+
+def test_the_training_process_dies_with_its_worker(tmp_path):
+    """Killing the worker (kill -9) kills its training child too, inside the network namespace as well."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.helpers import wait_until
+    from trainer_svc.sandbox import sandbox_prefix
+
+    prefix, _ = sandbox_prefix("auto")
+    pid_file = tmp_path / "child.pid"
+    child = textwrap.dedent(f"""
+        import os, time
+        from trainer_svc.distill import PARENT_PID_ENV, die_with_parent
+        die_with_parent(int(os.environ[PARENT_PID_ENV]))
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        time.sleep(300)
+    """)
+    worker = textwrap.dedent(f"""
+        import os, subprocess, sys
+        env = {{**os.environ, "SPIRAL_TRAINER_PARENT_PID": str(os.getpid())}}
+        subprocess.Popen({prefix!r} + [sys.executable, "-c", {child!r}], env=env).wait()
+    """)
+    stand_in = subprocess.Popen([sys.executable, "-c", worker])
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), 30, "the training child to start")
+    child_pid = int(pid_file.read_text())
+    stand_in.send_signal(signal.SIGKILL)
+    stand_in.wait(10)
+
+    def gone() -> bool:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, 10, "the training child to die with its worker")

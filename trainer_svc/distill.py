@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -36,7 +37,6 @@ from spiral_common.config import REPO_ROOT, Settings
 from spiral_common.errors import BudgetExceeded, FailedPrecondition
 from trainer_svc import dataset as ds
 from trainer_svc.jobs import Job
-from trainer_svc.lora import ALL_LINEAR
 from trainer_svc.sandbox import sandbox_prefix
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ def plan_cost(requested_s: int, remaining_usd_micros: int, settings: Settings) -
 
 
 def target_modules(setting: str) -> list[str]:
+    from trainer_svc.lora import ALL_LINEAR  # torch: only the training child needs it at run time
+
     if setting.strip() in ("", "all"):
         return list(ALL_LINEAR)
     return [m.strip() for m in setting.split(",") if m.strip()]
@@ -248,17 +250,32 @@ def check_recipe(spec: dict[str, Any]) -> None:
                 lr_schedule=spec["lr_schedule"])  # fmt: skip
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it when the worker dies, so no training outlives its job."""
+PARENT_PID_ENV = "SPIRAL_TRAINER_PARENT_PID"
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Asks the kernel to kill this process when `parent_pid` (the worker) dies, so no training outlives its job.
+    Entering a user namespace changes credentials, which clears the request: the training child makes it again
+    once it runs (trainer_svc/train_child.py), and leaves at once if the worker is already gone."""
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    os.setpgrp()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _child_preexec(parent_pid: int) -> None:
+    os.setpgrp()  # its own process group: a cancel kills it and anything it started
+    die_with_parent(parent_pid)
 
 
 async def run_child(command: list[str], progress: ProgressFn, *, deadline_s: float, log_path: Path) -> dict[str, Any]:
     """Runs the training child, relaying its progress; kills it (and its group) on cancellation or deadline."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen")]),
+        PARENT_PID_ENV: str(os.getpid()),
+    }
     with log_path.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             *command,
@@ -266,7 +283,7 @@ async def run_child(command: list[str], progress: ProgressFn, *, deadline_s: flo
             stderr=stderr,
             env=env,
             cwd=REPO_ROOT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_child_preexec, os.getpid()),
         )
         result: dict[str, Any] | None = None
         error, permanent = "", False

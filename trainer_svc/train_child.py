@@ -151,6 +151,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from trainer_svc.distill import PARENT_PID_ENV, die_with_parent
+
+    if PARENT_PID_ENV in os.environ:
+        die_with_parent(int(os.environ[PARENT_PID_ENV]))
     spec = json.loads(Path(argv[1]).read_text())
     try:
         emit("result", **run(spec))
