@@ -62,7 +62,7 @@ class MinerServicer(miner_pb2_grpc.MinerServiceServicer):
         self, request: miner_pb2.ListPatternsRequest, context: grpc.aio.ServicerContext
     ) -> miner_pb2.ListPatternsResponse:
         patterns = await self.store.load()
-        shown = [p for p in patterns.patterns if request.include_retired or not p.retired]
+        shown = [p for p in patterns.patterns if p.answering and (request.include_retired or not p.retired)]
         return miner_pb2.ListPatternsResponse(
             patterns=[pattern_proto(p) for p in shown], pattern_set_version=patterns.version
         )

@@ -118,7 +118,7 @@ class Settings:
     # Miner: share of a cluster's teacher answers that must agree for it to become a pattern.
     miner_min_agreement: float = field(default=0.8, metadata={"min": 0.5, "max": 1.0})
     # Miner: precision (held out) that answers at the pattern threshold must reach; calibration target.
-    miner_target_precision: float = field(default=0.97, metadata={"min": 0.5, "max": 1.0})
+    miner_target_precision: float = field(default=0.975, metadata={"min": 0.5, "max": 1.0})
     # Miner: a pattern that nothing matched for this long is retired, seconds (7 days).
     miner_pattern_ttl_s: int = field(default=604_800, metadata={"min": 1})
     # Miner: the most prompts one run reads from the traffic log.
