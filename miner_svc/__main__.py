@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from miner_svc.server import MinerDeps, create_server
 from spiral_common.config import ConfigError, load_settings
-from spiral_common.embedding import SentenceEncoder
+from spiral_common.embedding import SentenceEncoder, single_threaded_blas
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 
@@ -17,6 +17,7 @@ from spiral_common.logs import configure_logging
 async def main() -> None:
     settings = load_settings()
     configure_logging("miner", settings.log_level)
+    single_threaded_blas()  # MatchPrompt; and mining shares the box with the routers and the heads
     redis = aioredis.from_url(settings.redis_url)
     encoder = SentenceEncoder(threads=settings.miner_embed_threads)
     runtime = create_server(settings, MinerDeps(redis=redis, encoder=encoder))
