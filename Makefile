@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters render
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-miner render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -66,10 +66,14 @@ test: bootstrap
 test-alerts-e2e: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/observability
 
-bench: bench-mesh bench-cascade bench-adapters
+bench: bench-mesh bench-cascade bench-adapters bench-miner
 
 bench-adapters: bootstrap
 	$(PY) -m bench.adapters
+
+# The miner on banking77 (../shared/data/banking77/train.csv): cluster quality, pattern head, tier latency.
+bench-miner: bootstrap
+	$(PY) -m bench.miner
 
 bench-mesh: bootstrap
 	$(PY) -m bench.mesh
