@@ -237,3 +237,16 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
 
     await wait_until_async(not_from_the_pattern, 20, "the router to drop the retired pattern")
     assert (await pattern_tier(router, "How do I change my PIN?")).text == PIN
+
+
+def test_the_int8_encoder_agrees_with_the_float_model(encoder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from spiral_common.embedding import bundled_tokenizer_path
+
+    reference = sentence_transformers.SentenceTransformer(str(bundled_tokenizer_path().parent), device="cpu")
+    prompts = [p for group in GROUPS.values() for p in group[:2]] + ONE_OFFS
+    ours = encoder.embed(prompts)
+    theirs = reference.encode(prompts, normalize_embeddings=True)
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    assert (ours * theirs).sum(1).min() > 0.99
