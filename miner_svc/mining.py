@@ -186,6 +186,8 @@ def mine_patterns(
         if data.hits.get(pattern.pattern_id):
             pattern.last_matched_ms = now_ms
 
+    carried = len(patterns)  # patterns from earlier runs (only those can be superseded)
+
     def add_group(chosen: np.ndarray, polarity: bool, answering: bool, agreement: float) -> None:
         """Make prompts that share an answer a pattern, or fold them into the live one they sit on."""
         key = keys[chosen[0]]
@@ -200,7 +202,7 @@ def mine_patterns(
             if float(centroids[i] @ centroid) >= config.merge_similarity:
                 if answer_key(old.answer) == key:
                     target = i
-                elif answering:  # the traffic now teaches another answer here
+                elif answering and i < carried:  # the traffic now teaches another answer here
                     old.retired, old.retired_reason = True, "superseded"
                     summary.patterns_retired += 1
         if target is None:
@@ -354,10 +356,15 @@ def _similarities(queries: np.ndarray, matrix: np.ndarray, chunk: int = 512):
 
 
 def vote_features(
-    patterns: PatternSet, vectors: np.ndarray, negated: np.ndarray, exclude: np.ndarray | None = None
+    patterns: PatternSet,
+    vectors: np.ndarray,
+    negated: np.ndarray,
+    vector_sources: np.ndarray | None = None,
+    query_sources: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """For each query vector: the vote's features and the winning answer key, by exhaustive search over the
-    active patterns' vectors. `exclude[q]` names a source index whose vectors query q must not see."""
+    live patterns' vectors. A query never sees the vectors whose source (`vector_sources`, one per vector of
+    the set) is its own (`query_sources`): leave-one-out."""
     active = np.array([not p.retired for p in patterns.patterns], dtype=bool)
     rows = np.flatnonzero(active[patterns.owners]) if len(patterns.owners) else np.zeros(0, int)
     owner_keys = [answer_key(patterns.patterns[o].answer) for o in patterns.owners[rows]]
@@ -366,12 +373,13 @@ def vote_features(
     row_negated = np.array([patterns.patterns[o].negated for o in patterns.owners[rows]], dtype=bool)
     row_answering = np.array([patterns.patterns[o].answering for o in patterns.owners[rows]], dtype=bool)
     matrix = patterns.vectors[rows]
+    row_sources = vector_sources[rows] if vector_sources is not None else None
     features = np.zeros((len(vectors), 3))
     winners: list[str | None] = []
     for q, sims in enumerate(_similarities(vectors, matrix)):
         blocked = row_negated != negated[q]
-        if exclude is not None:
-            blocked |= exclude[q]
+        if row_sources is not None and query_sources is not None:
+            blocked |= row_sources == query_sources[q]
         result = vote(np.where(blocked, -np.inf, sims), codes, row_answering) if len(rows) else None
         if result is None:
             winners.append(None)
@@ -390,8 +398,7 @@ def calibrate(
         return patterns.calibration
     rng = np.random.default_rng(config.seed)
     sample = rng.permutation(n)[: config.calibration_samples]
-    exclude = [sources == i for i in sample]
-    features, winners = vote_features(patterns, data.vectors[sample], negated[sample], np.asarray(exclude))
+    features, winners = vote_features(patterns, data.vectors[sample], negated[sample], sources, sample)
     answered = np.array([w is not None for w in winners])
     correct = np.array([w == answer_key(data.examples[i].answer) for w, i in zip(winners, sample, strict=True)])
     return fit_calibration(features[answered], correct[answered], config.target_precision, patterns.calibration)

@@ -130,6 +130,18 @@ async def test_mining_a_log_with_known_groups_finds_each_group(miner, redis_clie
     assert (again.prompts_read, again.patterns_published, again.pattern_set_version) == (0, 4, 2)
 
 
+async def test_a_later_run_over_the_same_groups_refreshes_the_same_patterns(miner, redis_client, prefix):
+    await log_groups(redis_client, prefix)
+    await miner.Mine(miner_pb2.MineRequest())
+    first = {p.canonical_answer: p for p in (await miner.ListPatterns(miner_pb2.ListPatternsRequest())).patterns}
+    await log_groups(redis_client, prefix)
+    again = await miner.Mine(miner_pb2.MineRequest())
+    assert (again.patterns_published, again.patterns_new, again.patterns_retired) == (4, 0, 0)
+    later = {p.canonical_answer: p for p in (await miner.ListPatterns(miner_pb2.ListPatternsRequest())).patterns}
+    assert {a: p.pattern_id for a, p in later.items()} == {a: p.pattern_id for a, p in first.items()}
+    assert all(later[a].size > first[a].size for a in first)
+
+
 async def test_opposite_meaning_near_duplicates_never_share_an_answer(miner, redis_client, prefix, encoder):
     cancel, keep = encoder.embed(["cancel my transfer", "do not cancel my transfer"])
     assert cancel @ keep > 0.9  # what makes this hard: the encoder barely tells them apart
