@@ -169,7 +169,6 @@ def mine_patterns(
     vectors = [existing.vectors]
     owners = [existing.owners]
     sources = [np.full(len(existing.owners), -1)]  # the window example each vector came from (-1: earlier)
-    centroids = list(existing.centroids)  # one row per pattern, for merging
     keys = [answer_key(e.answer) for e in data.examples]
     negated = np.array([is_negated(e.prompt) for e in data.examples], dtype=bool)
 
@@ -186,7 +185,7 @@ def mine_patterns(
         if data.hits.get(pattern.pattern_id):
             pattern.last_matched_ms = now_ms
 
-    carried = len(patterns)  # patterns from earlier runs (only those can be superseded)
+    carried = existing.centroids  # one row per pattern of earlier runs: new groups merge into or supersede them
 
     def add_group(chosen: np.ndarray, polarity: bool, answering: bool, agreement: float) -> None:
         """Make prompts that share an answer a pattern, or fold them into the live one they sit on."""
@@ -196,15 +195,16 @@ def mine_patterns(
         exemplars = list(dict.fromkeys(data.examples[i].prompt for i in near))[:5]
         answer = Counter(data.examples[i].answer for i in chosen).most_common(1)[0][0]
         target = None
-        for i, old in enumerate(patterns):
+        close = np.flatnonzero(carried @ centroid >= config.merge_similarity) if len(carried) else []
+        for i in close:
+            old = patterns[int(i)]
             if old.retired or old.negated != polarity or old.answering != answering:
                 continue
-            if float(centroids[i] @ centroid) >= config.merge_similarity:
-                if answer_key(old.answer) == key:
-                    target = i
-                elif answering and i < carried:  # the traffic now teaches another answer here
-                    old.retired, old.retired_reason = True, "superseded"
-                    summary.patterns_retired += 1
+            if answer_key(old.answer) == key:
+                target = int(i)
+            elif answering:  # the traffic now teaches another answer here
+                old.retired, old.retired_reason = True, "superseded"
+                summary.patterns_retired += 1
         if target is None:
             patterns.append(
                 Pattern(
@@ -220,7 +220,6 @@ def mine_patterns(
                 )
             )
             target = len(patterns) - 1
-            centroids.append(centroid)
             summary.patterns_new += answering
         else:
             old = patterns[target]
