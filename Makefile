@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill render
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
 
 help:
 	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
@@ -70,7 +70,7 @@ test: bootstrap
 test-alerts-e2e: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/observability
 
-bench: bench-mesh bench-cascade bench-adapters bench-distill
+bench: bench-mesh bench-cascade bench-adapters bench-distill bench-miner
 
 bench-adapters: bootstrap
 	$(PY) -m bench.adapters
@@ -78,6 +78,10 @@ bench-adapters: bootstrap
 # The nightly job on ../shared/data/banking77/train.csv (read in place): about 20 minutes on 2 cores.
 bench-distill: bootstrap
 	$(PY) -m bench.distill
+
+# The miner on banking77 (../shared/data/banking77/train.csv): cluster quality, pattern head, tier latency.
+bench-miner: bootstrap
+	$(PY) -m bench.miner
 
 bench-mesh: bootstrap
 	$(PY) -m bench.mesh

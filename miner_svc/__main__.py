@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from miner_svc.server import create_server
+import redis.asyncio as aioredis
+
+from miner_svc.server import MinerDeps, create_server
 from spiral_common.config import ConfigError, load_settings
+from spiral_common.embedding import SentenceEncoder, single_threaded_blas
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 
@@ -14,10 +17,17 @@ from spiral_common.logs import configure_logging
 async def main() -> None:
     settings = load_settings()
     configure_logging("miner", settings.log_level)
-    runtime = create_server(settings)
+    single_threaded_blas()  # MatchPrompt; and mining shares the box with the routers and the heads
+    redis = aioredis.from_url(settings.redis_url)
+    encoder = SentenceEncoder(threads=settings.miner_embed_threads)
+    runtime = create_server(settings, MinerDeps(redis=redis, encoder=encoder))
     start_metrics_server(runtime.registry, settings.host, settings.miner_metrics_port)
     await runtime.start()
-    await serve_until_signalled(runtime, settings.shutdown_grace_s)
+
+    async def close() -> None:
+        await redis.aclose()
+
+    await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=close)
 
 
 if __name__ == "__main__":

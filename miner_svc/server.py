@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from miner_svc.mining import Miner, MinerConfig
 from miner_svc.servicer import MinerServicer
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral_common.config import Settings
+from spiral_common.embedding import SentenceEncoder
 from spiral_common.grpc_service import ServiceRuntime, build_server
+from spiral_common.pattern_set import PatternStore
 
 SERVICE_NAME = miner_pb2.DESCRIPTOR.services_by_name["MinerService"].full_name
 
 
-def create_server(settings: Settings, *, port: int | None = None) -> ServiceRuntime:
-    servicer = MinerServicer()
+@dataclass
+class MinerDeps:
+    redis: Redis
+    encoder: SentenceEncoder
+
+
+def miner_config(settings: Settings) -> MinerConfig:
+    return MinerConfig(
+        min_cluster_size=settings.miner_min_cluster_size,
+        min_agreement=settings.miner_min_agreement,
+        target_precision=settings.miner_target_precision,
+        threshold=settings.pattern_threshold,
+        pattern_ttl_s=settings.miner_pattern_ttl_s,
+        max_prompts=settings.miner_max_prompts,
+        retire_bad_ratings=settings.miner_retire_bad_ratings,
+        retire_bad_share=settings.miner_retire_bad_share,
+    )
+
+
+def build_miner(settings: Settings, deps: MinerDeps) -> Miner:
+    """The mining run as the Mine RPC and the job queue's mine job both call it."""
+    return Miner(deps.redis, deps.encoder, prefix=settings.redis_prefix, config=miner_config(settings))
+
+
+def create_server(settings: Settings, deps: MinerDeps, *, port: int | None = None) -> ServiceRuntime:
+    servicer = MinerServicer(
+        build_miner(settings, deps),
+        PatternStore(deps.redis, prefix=settings.redis_prefix),
+        deps.encoder,
+        settings.pattern_threshold,
+    )
     return build_server(
         domain="miner.spiral",
         host=settings.host,

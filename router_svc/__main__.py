@@ -13,6 +13,7 @@ from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
 from spiral_common.config import ConfigError, load_settings
+from spiral_common.embedding import single_threaded_blas
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 from spiral_common.specs import load_providers, secret
@@ -23,6 +24,7 @@ log = logging.getLogger("router_svc")
 async def main() -> None:
     settings = load_settings()
     configure_logging(f"router-{settings.router_instance}", settings.log_level)
+    single_threaded_blas()  # the pattern tier's matching: see the function
     providers = load_providers(settings.cloud_providers_file)
     keys = {p.name: secret(p.api_key_env) for p in providers}
     usable = [p for p in providers if keys[p.name]]

@@ -19,7 +19,7 @@ from router_svc.cloud import Attempt, CloudFallback
 from router_svc.council import Candidate, Council, CouncilResult
 from router_svc.heads_client import HeadClient, HeadDone, HeadText
 from router_svc.metrics import RouterMetrics
-from router_svc.patterns import RegexPatterns
+from router_svc.mined import PatternTier
 from router_svc.traffic import Exchange, TrafficLog
 from spiral_common.chat import ChatRequest
 from spiral_common.errors import BudgetExceeded, NotFound, SpiralError, Unavailable
@@ -99,7 +99,7 @@ class Cascade:
         *,
         instance: str,
         cache: AnswerCache,
-        patterns: RegexPatterns,
+        patterns: PatternTier,
         pattern_threshold: float,
         heads: HeadClient,
         council: Council,
@@ -152,11 +152,22 @@ class Cascade:
         self._step(trace, clock, "cache", "missed")
 
         prompt = single_turn_prompt(chat)
-        pattern = self.patterns.match(prompt) if prompt is not None else None
+        pattern = await self.patterns.match(prompt) if prompt is not None else None
         if pattern and pattern.confidence >= self.pattern_threshold:
             self._step(trace, clock, "pattern", "answered", f"{pattern.pattern} ({pattern.confidence:.2f})")
             async for item in self._finish(
-                chat, chat_model, trace, clock, "pattern", pattern.text, "stop", 0, 0, version, cache_key=""
+                chat,
+                chat_model,
+                trace,
+                clock,
+                "pattern",
+                pattern.text,
+                "stop",
+                0,
+                0,
+                version,
+                cache_key="",
+                pattern_id=pattern.pattern_id,
             ):
                 yield item  # not cached: a pattern is cheaper than a lookup, and the date changes
             return
@@ -324,6 +335,7 @@ class Cascade:
         cache_key: str = "",
         streamed: bool = False,
         teacher: str = "",
+        pattern_id: str = "",
     ) -> AsyncIterator[str | Answer]:
         """Emit the text (unless already streamed), store it, log the exchange, and emit the Answer."""
         trace.tier = tier
@@ -356,6 +368,7 @@ class Cascade:
                 cost_usd_micros=trace.cost_usd_micros,
                 latencies_us={s.tier: s.latency_us for s in trace.steps} | {"total": trace.total_latency_us},
                 adapter_version=adapter_version,
+                pattern_id=pattern_id,
             )
         )
         self.metrics.requests.labels(tier).inc()

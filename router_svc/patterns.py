@@ -1,7 +1,7 @@
 """The pattern tier's regex micro-specialists: what a regex answers exactly (greetings, arithmetic, the date).
 
 Each returns an answer with a confidence in [0, 1]; the tier answers when it reaches the threshold.
-Mined patterns (the miner's auto-specialists) join this tier in their own module.
+Mined patterns (the miner's auto-specialists) join this tier in `router_svc.mined`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class PatternAnswer:
     pattern: str
     text: str
     confidence: float
+    pattern_id: str = ""  # a mined pattern's id (empty for the regexes)
 
 
 _GREETING = re.compile(

@@ -14,6 +14,7 @@ from router_svc.cloud import CloudFallback, ProviderClient
 from router_svc.council import Council
 from router_svc.heads_client import HeadClient
 from router_svc.metrics import RouterMetrics
+from router_svc.mined import Embedder, PatternTier
 from router_svc.patterns import RegexPatterns
 from router_svc.servicer import AdminServicer, RouterServicer
 from router_svc.traffic import TrafficLog
@@ -22,6 +23,7 @@ from spiral_common.budget import BudgetLedger, utc_now
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
+from spiral_common.pattern_set import PatternStore
 from spiral_common.specs import CloudProvider, council_members, load_heads
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
@@ -38,6 +40,14 @@ class RouterDeps:
     providers: list[CloudProvider]
     admin_token: str = ""
     clock: Callable[[], datetime] = field(default=utc_now)
+    # Builds the sentence encoder for mined patterns (called once, when the first live pattern set appears).
+    encoder_factory: Callable[[], Embedder] | None = None
+
+
+def default_encoder() -> Embedder:
+    from spiral_common.embedding import SentenceEncoder  # onnxruntime: imported only when patterns exist
+
+    return SentenceEncoder(threads=1)
 
 
 def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = None) -> ServiceRuntime:
@@ -56,7 +66,12 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         cache=AnswerCache(
             deps.redis, prefix=settings.redis_prefix, instance=settings.router_instance, ttl_s=settings.cache_ttl_s
         ),
-        patterns=RegexPatterns(deps.clock),
+        patterns=PatternTier(
+            RegexPatterns(deps.clock),
+            PatternStore(deps.redis, prefix=settings.redis_prefix),
+            deps.encoder_factory or default_encoder,
+            reload_interval_s=settings.pattern_reload_interval_s,
+        ),
         pattern_threshold=settings.pattern_threshold,
         heads=deps.heads,
         council=Council(

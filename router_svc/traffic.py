@@ -35,6 +35,7 @@ class Exchange:
     latencies_us: dict[str, int] = field(default_factory=dict)
     adapter_version: str = ""
     ts_ms: int = 0
+    pattern_id: str = ""  # the mined pattern that answered (tier "pattern"), for its feedback
 
 
 class TrafficLog:

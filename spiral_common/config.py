@@ -119,6 +119,24 @@ class Settings:
     cache_ttl_s: int = field(default=86400, metadata={"min": 1})
     # Pattern tier: minimum confidence for a pattern to answer, in [0, 1].
     pattern_threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    # Pattern tier: how often a router checks Redis for a newly mined pattern set, seconds.
+    pattern_reload_interval_s: float = field(default=5.0, metadata={"min": 0.0})
+    # Miner: smallest cluster that can become a pattern, prompts.
+    miner_min_cluster_size: int = field(default=5, metadata={"min": 2})
+    # Miner: share of a cluster's teacher answers that must agree for it to become a pattern.
+    miner_min_agreement: float = field(default=0.8, metadata={"min": 0.5, "max": 1.0})
+    # Miner: precision (held out) that answers at the pattern threshold must reach; calibration target.
+    miner_target_precision: float = field(default=0.975, metadata={"min": 0.5, "max": 1.0})
+    # Miner: a pattern that nothing matched for this long is retired, seconds (7 days).
+    miner_pattern_ttl_s: int = field(default=604_800, metadata={"min": 1})
+    # Miner: the most prompts one run reads from the traffic log.
+    miner_max_prompts: int = field(default=50_000, metadata={"min": 1})
+    # Miner: a pattern with at least this many bad ratings, making at least miner_retire_bad_share of its
+    # ratings, is retired.
+    miner_retire_bad_ratings: int = field(default=2, metadata={"min": 1})
+    miner_retire_bad_share: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0})
+    # Miner: ONNX Runtime threads for embedding a run's prompts.
+    miner_embed_threads: int = field(default=1, metadata={"min": 1})
     # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
     council_heads: str = "precise,concise,step_by_step,creative,code"
     # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Pattern(_message.Message):
-    __slots__ = ("pattern_id", "exemplars", "canonical_answer", "target_head", "size", "agreement", "created_at", "retired")
+    __slots__ = ("pattern_id", "exemplars", "canonical_answer", "target_head", "size", "agreement", "created_at", "retired", "retired_reason", "negated")
     PATTERN_ID_FIELD_NUMBER: _ClassVar[int]
     EXEMPLARS_FIELD_NUMBER: _ClassVar[int]
     CANONICAL_ANSWER_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,8 @@ class Pattern(_message.Message):
     AGREEMENT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     RETIRED_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_REASON_FIELD_NUMBER: _ClassVar[int]
+    NEGATED_FIELD_NUMBER: _ClassVar[int]
     pattern_id: str
     exemplars: _containers.RepeatedScalarFieldContainer[str]
     canonical_answer: str
@@ -27,7 +29,9 @@ class Pattern(_message.Message):
     agreement: float
     created_at: _timestamp_pb2.Timestamp
     retired: bool
-    def __init__(self, pattern_id: _Optional[str] = ..., exemplars: _Optional[_Iterable[str]] = ..., canonical_answer: _Optional[str] = ..., target_head: _Optional[str] = ..., size: _Optional[int] = ..., agreement: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired: _Optional[bool] = ...) -> None: ...
+    retired_reason: str
+    negated: bool
+    def __init__(self, pattern_id: _Optional[str] = ..., exemplars: _Optional[_Iterable[str]] = ..., canonical_answer: _Optional[str] = ..., target_head: _Optional[str] = ..., size: _Optional[int] = ..., agreement: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired: _Optional[bool] = ..., retired_reason: _Optional[str] = ..., negated: _Optional[bool] = ...) -> None: ...
 
 class MineRequest(_message.Message):
     __slots__ = ("dry_run",)
@@ -36,20 +40,32 @@ class MineRequest(_message.Message):
     def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
 
 class MineResponse(_message.Message):
-    __slots__ = ("prompts_read", "clusters", "patterns_published", "patterns_retired", "pattern_set_version", "duration_ms")
+    __slots__ = ("prompts_read", "clusters", "patterns_published", "patterns_retired", "pattern_set_version", "duration_ms", "entries_read", "entries_skipped", "patterns_new", "note", "calibrated_precision", "calibrated_coverage")
     PROMPTS_READ_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_RETIRED_FIELD_NUMBER: _ClassVar[int]
     PATTERN_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_READ_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_NEW_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_COVERAGE_FIELD_NUMBER: _ClassVar[int]
     prompts_read: int
     clusters: int
     patterns_published: int
     patterns_retired: int
     pattern_set_version: int
     duration_ms: int
-    def __init__(self, prompts_read: _Optional[int] = ..., clusters: _Optional[int] = ..., patterns_published: _Optional[int] = ..., patterns_retired: _Optional[int] = ..., pattern_set_version: _Optional[int] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    entries_read: int
+    entries_skipped: int
+    patterns_new: int
+    note: str
+    calibrated_precision: float
+    calibrated_coverage: float
+    def __init__(self, prompts_read: _Optional[int] = ..., clusters: _Optional[int] = ..., patterns_published: _Optional[int] = ..., patterns_retired: _Optional[int] = ..., pattern_set_version: _Optional[int] = ..., duration_ms: _Optional[int] = ..., entries_read: _Optional[int] = ..., entries_skipped: _Optional[int] = ..., patterns_new: _Optional[int] = ..., note: _Optional[str] = ..., calibrated_precision: _Optional[float] = ..., calibrated_coverage: _Optional[float] = ...) -> None: ...
 
 class ListPatternsRequest(_message.Message):
     __slots__ = ("include_retired",)
@@ -72,11 +88,13 @@ class MatchPromptRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ...) -> None: ...
 
 class MatchPromptResponse(_message.Message):
-    __slots__ = ("matched", "pattern", "confidence")
+    __slots__ = ("matched", "pattern", "confidence", "pattern_set_version")
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
     matched: bool
     pattern: Pattern
     confidence: float
-    def __init__(self, matched: _Optional[bool] = ..., pattern: _Optional[_Union[Pattern, _Mapping]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    pattern_set_version: int
+    def __init__(self, matched: _Optional[bool] = ..., pattern: _Optional[_Union[Pattern, _Mapping]] = ..., confidence: _Optional[float] = ..., pattern_set_version: _Optional[int] = ...) -> None: ...

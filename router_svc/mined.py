@@ -1,0 +1,101 @@
+"""The pattern tier: the regex micro-specialists, then the miner's patterns, reloaded from Redis without a restart.
+
+Regexes answer what they answer exactly (arithmetic, dates, greetings) and go first. Otherwise the prompt is
+embedded and matched against the current pattern set (see spiral_common.pattern_set). The tier checks the
+published version at most every `reload_interval_s`, on the request path (one Redis GET); a new version is
+loaded by a background task while requests go on with the old one. The encoder (~25 MB, ~0.3 s) loads only
+once a set with live patterns appears, so a router with no mined patterns pays nothing. Embedding runs in a
+worker thread: ONNX Runtime releases the GIL, so the event loop keeps serving other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from router_svc.patterns import PatternAnswer, RegexPatterns
+from spiral_common.pattern_set import Match, PatternIndex, PatternStore, is_negated
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    def embed_one(self, text: str) -> np.ndarray: ...
+
+
+class PatternTier:
+    def __init__(
+        self,
+        regex: RegexPatterns,
+        store: PatternStore,
+        encoder_factory: Callable[[], Embedder],
+        *,
+        reload_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.regex = regex
+        self.store = store
+        self.encoder_factory = encoder_factory
+        self.reload_interval_s = reload_interval_s
+        self.clock = clock
+        self.encoder: Embedder | None = None
+        self.index: PatternIndex | None = None
+        self.version = 0
+        self._checked_at = float("-inf")
+        self._loading: asyncio.Task[None] | None = None
+
+    async def match(self, prompt: str) -> PatternAnswer | None:
+        exact = self.regex.match(prompt)
+        if exact is not None:
+            return exact
+        await self._check_version()
+        index, encoder = self.index, self.encoder
+        if index is None or not len(index) or encoder is None:
+            return None
+        found = await asyncio.to_thread(self._match, index, encoder, prompt)
+        if found is None:
+            return None
+        pattern = found.pattern
+        return PatternAnswer(
+            f"mined:{pattern.pattern_id}", pattern.answer, found.confidence, pattern_id=pattern.pattern_id
+        )
+
+    @staticmethod
+    def _match(index: PatternIndex, encoder: Embedder, prompt: str) -> Match | None:
+        return index.match(encoder.embed_one(prompt), is_negated(prompt))
+
+    async def _check_version(self) -> None:
+        now = self.clock()
+        if now - self._checked_at < self.reload_interval_s or (self._loading and not self._loading.done()):
+            return
+        self._checked_at = now
+        try:
+            version = await self.store.current_version()
+        except Exception:  # patterns are an optimisation: Redis trouble must not fail the request
+            log.exception("pattern version check failed")
+            return
+        if version != self.version:
+            self._loading = asyncio.create_task(self._load(version))
+
+    async def _load(self, version: int) -> None:
+        try:
+            patterns = await self.store.load(version)
+            if patterns.active() and self.encoder is None:
+                self.encoder = await asyncio.to_thread(self.encoder_factory)
+            self.index = await asyncio.to_thread(PatternIndex, patterns)
+            self.version = version
+            log.info("pattern set loaded", extra={"version": version, "patterns": len(self.index)})
+        except Exception:
+            log.exception("pattern set load failed", extra={"version": version})
+
+    async def wait_loaded(self) -> None:
+        """For tests and start-up: check the version now and wait for any load it starts."""
+        self._checked_at = float("-inf")
+        await self._check_version()
+        if self._loading:
+            await self._loading
