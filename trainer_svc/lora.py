@@ -194,7 +194,7 @@ def train_adapter(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = LoraConfig(
         r=options.rank,
-        lora_alpha=options.alpha,
+        lora_alpha=options.alpha,  # type: ignore[arg-type]  # peft annotates int but only computes alpha / r
         target_modules=list(options.target_modules),
         lora_dropout=0.0,
         bias="none",
