@@ -2,6 +2,7 @@
 
 Each model name gets a behaviour the test controls: answer (with a delay), fail with HTTP 500,
 break the stream mid-way, or stall. Usage is reported like the real APIs do (`include_usage`).
+`answers` maps a prompt (the last message's content) to the text to answer it with, whatever the model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Behaviour:
 class FakeCloud:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
     port: int = 0
 
     @property
@@ -49,7 +51,8 @@ class FakeCloud:
                 await asyncio.sleep(behaviour.delay_s)
             if behaviour.mode == "error":
                 return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
-            words = behaviour.text.split(" ")[: body.get("max_tokens") or None]
+            text = self.answers.get(body["messages"][-1]["content"], behaviour.text)
+            words = text.split(" ")[: body.get("max_tokens") or None]
 
             async def events():  # type: ignore[no-untyped-def]
                 def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
