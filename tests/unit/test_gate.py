@@ -4,7 +4,9 @@ how a pytest run and the micro Titanic are judged. Fake stages only: nothing her
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,9 +105,18 @@ def test_the_gate_has_the_ten_stages_of_the_issue():
     assert [s.number for s in stages.STAGES] == list(range(1, 11))
 
 
-def test_the_trainer_stage_is_red_until_its_test_exists(tmp_path):
-    outcome = stages.trainer_job(_context(tmp_path))
+def test_the_trainer_stage_is_red_until_a_test_is_marked_for_it(tmp_path):
+    context = replace(_context(tmp_path), python=sys.executable, log=tmp_path / "stage.log")
+    (tmp_path / "artifacts" / "gate").mkdir(parents=True)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gate_trainer_job: stage 7\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_other.py").write_text("def test_other():\n    pass\n")
+    outcome = stages.trainer_job(context)
     assert outcome.result == "red" and outcome.reason.startswith("not built: issue #5")
+    (tmp_path / "tests" / "test_job.py").write_text(
+        "import pytest\n\n\n@pytest.mark.gate_trainer_job\ndef test_job():\n    pass\n"
+    )
+    assert stages.trainer_job(context) == Outcome("green", "", {"passed": 1})
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" errors="{errors}"
