@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         python=sys.executable,
     )
     started = time.monotonic()
-    try:
-        results = run_stages(stages, context)
-    finally:
-        context.close()
+    results = run_stages(stages, context)
     markdown = write_summary(results, context.artifacts, time.monotonic() - started, commit(ROOT))
     print()
     print(markdown)

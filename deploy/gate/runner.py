@@ -59,8 +59,8 @@ class StageResult:
 
 @dataclass
 class GateContext:
-    """What stages share: the repository, the artifacts folder, the thresholds, and resources held
-    across stages (closed by `close()` once every stage ran)."""
+    """What stages share: the repository, the artifacts folder, the thresholds, and what one stage leaves
+    for a later one (`resources`)."""
 
     root: Path
     artifacts: Path
@@ -68,7 +68,6 @@ class GateContext:
     python: str
     log: Path | None = None  # the running stage's log file
     resources: dict[str, Any] = field(default_factory=dict)
-    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def write_log(self, text: str) -> None:
         if self.log is not None:
@@ -87,13 +86,6 @@ class GateContext:
             except subprocess.TimeoutExpired:
                 fh.write(f"timed out after {timeout_s:.0f} s\n")
                 return 124
-
-    def close(self) -> None:
-        while self.closers:
-            try:
-                self.closers.pop()()
-            except Exception:  # closing must not hide the summary; the log says what went wrong
-                self.write_log(traceback.format_exc())
 
 
 def _slug(name: str) -> str:

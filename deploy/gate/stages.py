@@ -4,8 +4,8 @@ The test stages split `tests/` between them so that every test runs exactly once
 tests marked `gate_trainer_job` (the dummy trainer job, wherever it lives); of the others, by path,
 stage 1 takes the contract tests, 5 the integration tests but the canary's, 8 `tests/observability`,
 9 the canary's, and 3 everything else (so a new test file lands in stage 3 unless it belongs to one of
-those). Stages 6 and 10 share one quick_test platform that the gate starts itself, with a local
-OpenAI-compatible server playing the cloud providers.
+those). Stages 6 and 10 each start a quick_test platform of their own, with a local OpenAI-compatible
+server playing the cloud providers, and stop it when they end.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -172,33 +174,34 @@ def loader(ctx: GateContext) -> Outcome:
     return Outcome.judge(report["failures"], report["numbers"])
 
 
-# -- the gate's platform (stages 6 and 10) -------------------------------------------------------------------
-def gate_platform(ctx: GateContext) -> Platform:
-    """A quick_test platform on free ports whose cloud providers are a local fake, started once."""
-    held = ctx.resources.get("platform")
-    if isinstance(held, Exception):
-        raise PreconditionMissing(f"the gate's platform did not start: {str(held).splitlines()[0]}")
-    if held is not None:
-        return held
-    try:
-        platform = _start_platform(ctx)
-    except Exception as exc:
-        ctx.resources["platform"] = exc
-        raise
-    ctx.resources["platform"] = platform
-    return platform
+# -- the gate's platforms (stages 6 and 10) ------------------------------------------------------------------
+@contextmanager
+def gate_platform(ctx: GateContext) -> Iterator[Platform]:
+    """A quick_test platform on free ports whose cloud providers are a local fake, for one stage: stopped when
+    the stage ends, so the stages between 6 and 10 have the box to themselves. Once it failed to start,
+    later stages are skipped rather than wait for it again."""
+    failed = ctx.resources.get("platform_failed")
+    if failed:
+        raise PreconditionMissing(f"the gate's platform did not start in an earlier stage: {failed}")
+    with ExitStack() as stack:
+        try:
+            platform = _start_platform(ctx, stack)
+        except Exception as exc:
+            ctx.resources["platform_failed"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise
+        yield platform
 
 
-def _start_platform(ctx: GateContext) -> Platform:
+def _start_platform(ctx: GateContext, stack: ExitStack) -> Platform:
     from deploy.gate.titanic import load_prompts
     from tests.fake_cloud import FakeCloud, providers_json  # the tests' stand-in for the paid providers
 
     prompts, _ = load_prompts()
     cloud = FakeCloud(answers={p.text: p.reference for p in prompts if p.reference})
     cloud.start()
-    ctx.closers.append(cloud.stop)
+    stack.callback(cloud.stop)
     run = Path(tempfile.mkdtemp(prefix="spiral-gate-"))
-    ctx.closers.append(lambda: shutil.rmtree(run, ignore_errors=True))
+    stack.callback(shutil.rmtree, run, ignore_errors=True)
     (run / "providers.json").write_text(json.dumps(providers_json(cloud)))
     secrets = run / "secrets.env"
     secrets.touch(mode=0o600)
@@ -210,7 +213,7 @@ def _start_platform(ctx: GateContext) -> Platform:
         **free_port_env(),
     }
     platform = Platform(load_settings(env), python=ctx.python)
-    ctx.closers.append(platform.stop)
+    stack.callback(platform.stop)  # also after a start that failed half-way
     ctx.write_log(f"starting the gate's platform in {run}")
     platform.start(timeout_s=180)
     return platform
@@ -222,8 +225,9 @@ def titanic(ctx: GateContext) -> Outcome:
 
     limits = ctx.thresholds["titanic"]
     prompts, max_tokens = load_prompts()
-    platform = gate_platform(ctx)
-    records = run_titanic(f"http://{platform.settings.host}:{platform.settings.gateway_port}", prompts, max_tokens)
+    with gate_platform(ctx) as platform:
+        gateway = f"http://{platform.settings.host}:{platform.settings.gateway_port}"
+        records = run_titanic(gateway, prompts, max_tokens)
     failures, body = report(records, limits)
     (ctx.artifacts / "titanic.json").write_text(json.dumps(body, indent=2) + "\n")
     for record in records:
@@ -246,14 +250,20 @@ def bench_smoke(ctx: GateContext) -> Outcome:
     from bench.cascade import PROMPT, cache_request, grpc_load, rest_load
 
     limits = ctx.thresholds["bench_smoke"]
-    platform = gate_platform(ctx)
-    s = platform.settings
-    url = f"http://{s.host}:{s.gateway_port}/v1/chat/completions"
-    # Prime the REST path's cache entry first: eight wrk connections missing at once would each ask the council.
-    body = {"model": "spiral", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16, "temperature": 0}
-    httpx.post(url, json=body, timeout=180).raise_for_status()
-    grpc = asyncio.run(grpc_load(s.envoy_ingress_address, cache_request, limits["duration_s"], limits["concurrency"]))
-    rest = rest_load(url, limits["duration_s"], 8)
+    with gate_platform(ctx) as platform:
+        s = platform.settings
+        url = f"http://{s.host}:{s.gateway_port}/v1/chat/completions"
+        # Prime the REST path's cache entry first: eight wrk connections missing at once would each ask the council.
+        body = {
+            "model": "spiral",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
+        httpx.post(url, json=body, timeout=180).raise_for_status()
+        duration, callers = limits["duration_s"], limits["concurrency"]
+        grpc = asyncio.run(grpc_load(s.envoy_ingress_address, cache_request, duration, callers))
+        rest = rest_load(url, duration, 8)
     ctx.write_log(json.dumps({"grpc_cache_hit_via_envoy": grpc, "rest_cache_hit_via_gateway": rest}, indent=2))
     failures = []
     numbers: dict[str, Any] = {
