@@ -1,13 +1,14 @@
-# Spiral: `make up` starts the platform, `make test` runs the whole suite. Both install what is missing.
+# Spiral: `make up` starts the platform, `make test` runs the release gate (every test and check). Both install
+# what is missing.
 SHELL := /bin/bash
 PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
 
 help:
-	@echo "make up | down | status | logs | test | bench | proto   (PROFILE=default|quick_test)"
+	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
 
 # Re-run the installer whenever the dependency pins change.
 .venv/.bootstrapped: pyproject.toml constraints.txt scripts/bootstrap.sh
@@ -44,9 +45,10 @@ ci-up:
 evolution-once: bootstrap
 	$(PY) -m trainer_svc.evolution_once $(if $(TIME_BUDGET_S),--time-budget-s $(TIME_BUDGET_S))
 
-# Named by the white paper, not built yet: it says so instead of pretending.
-gate:
-	@echo "make $@: not built yet (see README, Status: the release gate)" >&2; exit 2
+# The ten-stage release gate (docs/gate.md): artifacts/gate-summary.{json,md}, artifacts/titanic.json.
+# STAGES=1,2,4 runs only those stages.
+gate: bootstrap
+	$(PY) -m deploy.gate $(if $(STAGES),--stages $(STAGES))
 
 render: bootstrap
 	$(PY) -m deploy.render
@@ -60,11 +62,13 @@ lint-proto: bootstrap
 lint: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	$(PY) -m mypy
 
-test: bootstrap
-	bash scripts/check-proto.sh
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
+# The README's test command, which CI runs: the release gate, whose stages cover every test in tests/.
+test: gate
+
+# Only pytest, all of tests/ in one session (no contracts, lint, loader, Titanic or bench smoke).
+pytest: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-alerts-e2e: bootstrap

@@ -101,7 +101,9 @@ def rest_load(url: str, duration_s: float, connections: int) -> dict:
     match = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     requests, status_errors, socket_errors = (int(match[i]) for i in (1, 2, 3))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)[1])
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
+    assert rate, result.stdout
+    rps = float(rate[1])
     return {
         "requests": requests,
         "errors": status_errors + socket_errors,

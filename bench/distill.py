@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> dict:
         [shutil.which("redis-server") or "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
          "--dir", str(work), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    cloud = FakeCloud(answer_for=lambda body: labels.get(body["messages"][-1]["content"]))
+    cloud = FakeCloud(answers=labels)  # the teacher knows each query's intent
     cloud.start()
     providers = work / "providers.json"
     providers.write_text(json.dumps(providers_json(cloud, prices=(10_000, 10_000))))

@@ -16,6 +16,7 @@ import urllib.request
 import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -137,7 +138,8 @@ class Platform:
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def processes(self) -> dict[str, dict]:
-        return {p["name"]: p for p in self._rpc().supervisor.getAllProcessInfo()}
+        infos = cast(list[dict], self._rpc().supervisor.getAllProcessInfo())  # XML-RPC results are untyped
+        return {p["name"]: p for p in infos}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _ports_in_use(self) -> list[str]:

@@ -210,7 +210,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         if body.n != 1:
             raise errors.InvalidArgument("only n=1 is supported", reason="UNSUPPORTED_N", field="n")
-        proto = dict(messages=_messages(body.messages), params=_params(body), model=body.model)
+        proto: dict[str, Any] = dict(messages=_messages(body.messages), params=_params(body), model=body.model)
         created = int(time.time())
         if not body.stream:
             reply = await state["router"].Orchestrate(

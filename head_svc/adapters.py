@@ -52,6 +52,13 @@ def read_metadata(path: Path) -> dict[str, object]:
     return metadata
 
 
+def _number(value: object) -> float:
+    """A GGUF scalar (int, float, or a string the trainer wrote) as a float; anything else is not a number."""
+    if isinstance(value, int | float | str):
+        return float(value)
+    raise InvalidArgument(f"metadata value {value!r} is not a number", reason="ADAPTER_CORRUPT")
+
+
 class AdapterRegistry:
     def __init__(self, root: Path, base_model_sha256: str) -> None:
         self.root = root
@@ -85,9 +92,9 @@ class AdapterRegistry:
             version=version,
             path=path,
             base_model_sha256=base,
-            alpha=float(metadata.get("adapter.lora.alpha", 0.0)),
+            alpha=_number(metadata.get("adapter.lora.alpha", 0.0)),
             job_id=str(metadata.get("spiral.job_id", "")),
-            eval_score=float(metadata.get("spiral.eval_score", 0.0) or 0.0),
+            eval_score=_number(metadata.get("spiral.eval_score", 0.0) or 0.0),
             created_at=str(metadata.get("spiral.created_at", "")),
             size_bytes=path.stat().st_size,
         )

@@ -10,10 +10,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from spiral_common.chat import ChatRequest
 from spiral_common.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,11 @@ class LlamaEngine:
         self._is_end_of_generation = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
-        formatted = self._formatter(messages=[{"role": m.role, "content": m.content} for m in request.messages])
+        # validate_chat admits only system, user and assistant roles: each dict is one of llama.cpp's message types.
+        messages = cast(
+            "list[ChatCompletionRequestMessage]", [{"role": m.role, "content": m.content} for m in request.messages]
+        )
+        formatted = self._formatter(messages=messages)
         return self._llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
 
     def load_adapter(self, path: Path) -> object:
@@ -98,7 +105,8 @@ class LlamaEngine:
         if adapter is None:
             self._llama_cpp.llama_set_adapters_lora(self._llama.ctx, None, 0, None)
         else:
-            adapters = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+            # `adapter` is the opaque pointer load_adapter returned (typed `object` by the Engine protocol).
+            adapters = (self._llama_cpp.llama_adapter_lora_p_ctypes * 1)(cast(Any, adapter))
             scales = (ctypes.c_float * 1)(1.0)
             if self._llama_cpp.llama_set_adapters_lora(self._llama.ctx, adapters, 1, scales):
                 raise InvalidArgument("llama.cpp refused the adapter", reason="ADAPTER_CORRUPT")

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import openai
 
@@ -23,6 +23,9 @@ from spiral_common.budget import BudgetLedger, Reservation
 from spiral_common.chat import ChatRequest
 from spiral_common.errors import BudgetExceeded, Unavailable
 from spiral_common.specs import CloudProvider
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
 log = logging.getLogger(__name__)
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators a chat format adds per message
@@ -71,7 +74,11 @@ class OpenAICompatibleClient:
             async with asyncio.timeout(self.timeout_s):
                 stream = await client.chat.completions.create(
                     model=provider.model,
-                    messages=[{"role": m.role, "content": m.content} for m in chat.messages],
+                    # validate_chat admits only system, user and assistant roles: each is an OpenAI message param.
+                    messages=cast(
+                        "list[ChatCompletionMessageParam]",
+                        [{"role": m.role, "content": m.content} for m in chat.messages],
+                    ),
                     max_tokens=max_tokens,
                     temperature=chat.temperature,
                     top_p=chat.top_p,

@@ -78,4 +78,4 @@ class TrafficLog:
             maxlen=self.max_entries,
             approximate=True,
         )
-        return answered_by.decode()
+        return answered_by.decode() if isinstance(answered_by, bytes) else answered_by

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from spiral.common.v1 import chat_pb2
 from spiral_common.chat import GenerationParams, Message
 
@@ -19,14 +21,14 @@ FINISH_TO_PROTO = {
 FINISH_FROM_PROTO = {v: k for k, v in FINISH_TO_PROTO.items()}
 
 
-def _role_name(role: int) -> str:
+def _role_name(role: chat_pb2.Role) -> str:
     # A role the domain does not accept keeps a readable name, so validation can name it in the error.
     if role in ROLE_TO_NAME:
         return ROLE_TO_NAME[role]
     return chat_pb2.Role.Name(role) if role in chat_pb2.Role.values() else f"role {role}"
 
 
-def messages_from_proto(messages: list[chat_pb2.ChatMessage]) -> list[Message]:
+def messages_from_proto(messages: Iterable[chat_pb2.ChatMessage]) -> list[Message]:
     return [Message(_role_name(m.role), m.content) for m in messages]
 
 

@@ -2,6 +2,7 @@
 
 Each model name gets a behaviour the test controls: answer (with a delay), fail with HTTP 500,
 break the stream mid-way, or stall. Usage is reported like the real APIs do (`include_usage`).
+`answers` maps a prompt (the last message's content) to the text to answer it with, whatever the model.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -32,9 +32,8 @@ class Behaviour:
 class FakeCloud:
     behaviours: dict[str, Behaviour] = field(default_factory=dict)
     requests: list[dict] = field(default_factory=list)
+    answers: dict[str, str] = field(default_factory=dict)
     port: int = 0
-    # A teacher that knows each prompt's answer (bench.distill): the text for a request body, or None.
-    answer_for: Callable[[dict], str | None] | None = None
 
     @property
     def base_url(self) -> str:
@@ -52,7 +51,7 @@ class FakeCloud:
                 await asyncio.sleep(behaviour.delay_s)
             if behaviour.mode == "error":
                 return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
-            text = (self.answer_for(body) if self.answer_for else None) or behaviour.text
+            text = self.answers.get(body["messages"][-1]["content"], behaviour.text)
             words = text.split(" ")[: body.get("max_tokens") or None]
 
             async def events():  # type: ignore[no-untyped-def]

@@ -226,7 +226,7 @@ def train_adapter(
     layers = list(range(n_layers - options.top_layers, n_layers)) if 0 < options.top_layers < n_layers else None
     config = LoraConfig(
         r=options.rank,
-        lora_alpha=options.alpha,
+        lora_alpha=options.alpha,  # type: ignore[arg-type]  # peft annotates int but only computes alpha / r
         target_modules=list(options.target_modules),
         layers_to_transform=layers,
         lora_dropout=0.0,

@@ -23,7 +23,7 @@ from spiral_common.config import settings_env
 from tests.helpers import wait_until
 from tests.test_distill import ANSWER, SECRET_PROMPTS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.gate_trainer_job]
 SECRET = SECRET_PROMPTS[0]
 
 
