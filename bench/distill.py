@@ -169,7 +169,9 @@ async def main(args: argparse.Namespace) -> dict:
         worker = Worker(queue, {"distill": runner.run}, heartbeat_s=5)
         job, _ = await queue.submit("distill")
         started = time.monotonic()
-        outcome = await worker.run_one(await queue.claim(block_ms=1000))
+        claimed = await queue.claim(block_ms=1000)
+        assert claimed is not None  # just submitted, and this is the only worker
+        outcome = await worker.run_one(claimed)
         report["job_seconds"] = round(time.monotonic() - started, 1)
         final = await queue.get(job.job_id)
         report["job"] = {"outcome": outcome, "error": final.error, **final.result}

@@ -58,13 +58,13 @@ def knn_baseline(train: np.ndarray, train_labels: list[str], test: np.ndarray, t
         top = np.argpartition(-sims, k)[:k]
         votes = np.bincount(train_codes[top], minlength=len(codes))
         shares.append(votes.max() / k)
-        right.append(train_codes[top][0] if False else int(np.argmax(votes)) == codes.get(label, -1))
-    shares, right = np.array(shares), np.array(right)
-    accuracy = float(right.mean())
+        right.append(int(np.argmax(votes)) == codes.get(label, -1))
+    share_of, is_right = np.array(shares), np.array(right)
+    accuracy = float(is_right.mean())
     curve = []
-    for cut in sorted(set(shares.tolist()), reverse=True):
-        answered = shares >= cut
-        curve.append((cut, float(answered.mean()), float(right[answered].mean())))
+    for cut in sorted(set(share_of.tolist()), reverse=True):
+        answered = share_of >= cut
+        curve.append((cut, float(answered.mean()), float(is_right[answered].mean())))
     return accuracy, curve
 
 

@@ -37,6 +37,7 @@ from spiral_common.pattern_set import (
     is_negated,
     vote,
 )
+from spiral_common.redis_values import as_bytes, as_text
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def mine_patterns(
         exemplars = list(dict.fromkeys(data.examples[i].prompt for i in near))[:5]
         answer = Counter(data.examples[i].answer for i in chosen).most_common(1)[0][0]
         target = None
-        close = np.flatnonzero(carried @ centroid >= config.merge_similarity) if len(carried) else []
+        close = np.flatnonzero(carried @ centroid >= config.merge_similarity) if len(carried) else np.array([], int)
         for i in close:
             old = patterns[int(i)]
             if old.retired or old.negated != polarity or old.answering != answering:
@@ -253,8 +254,8 @@ def mine_patterns(
         for i in stragglers:
             if negated[i] == polarity:
                 by_key.setdefault(keys[i], []).append(int(i))
-        for chosen in by_key.values():
-            add_group(np.asarray(chosen), polarity, False, 0.0)
+        for members in by_key.values():
+            add_group(np.asarray(members), polarity, False, 0.0)
 
     for pattern in patterns:
         if pattern.retired:
@@ -469,7 +470,7 @@ class Miner:
         return summary
 
     async def _mine(self, dry_run: bool) -> MineSummary:
-        cursor = (await self.redis.get(self.cursor_key) or b"").decode()
+        cursor = as_text(await self.redis.get(self.cursor_key))
         examples, hits, feedback, last_id, read, skipped = await self._read(cursor)
         ratings = await self._ratings(hits, feedback, dry_run)
         existing = await self.store.load()
@@ -504,20 +505,21 @@ class Miner:
             entries = await self.redis.xrange(self.stream, min=start, max="+", count=READ_BATCH)
             if not entries:
                 break
-            for entry_id, fields in entries:
-                last_id = entry_id.decode()
+            for entry_id, raw in entries:
+                last_id = as_text(entry_id)
                 read += 1
-                kind = fields.get(b"kind", b"").decode(errors="replace")
+                fields = {as_text(k): as_bytes(v) for k, v in (raw or {}).items()}
+                kind = fields.get("kind", b"").decode(errors="replace")
                 if kind == "feedback":
-                    answer_id = fields.get(b"answer_id", b"").decode(errors="replace")
-                    rating = fields.get(b"rating", b"").decode(errors="replace")
+                    answer_id = fields.get("answer_id", b"").decode(errors="replace")
+                    rating = fields.get("rating", b"").decode(errors="replace")
                     if answer_id and rating in ("good", "bad"):
                         feedback.append((answer_id, rating))
                     else:
                         skipped += 1
                     continue
                 try:
-                    exchange = json.loads(fields[b"exchange"])
+                    exchange = json.loads(fields["exchange"])
                     if not isinstance(exchange, dict):
                         raise ValueError("not an object")
                 except (KeyError, ValueError, UnicodeDecodeError):
@@ -551,11 +553,11 @@ class Miner:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for (_, rating), owner in zip(feedback, owners, strict=True):
                         if owner:
-                            pipe.hincrby(self.ratings_key, f"{owner.decode()}:{rating}", 1)
+                            pipe.hincrby(self.ratings_key, f"{as_text(owner)}:{rating}", 1)
                     await pipe.execute()
         raw = await self.redis.hgetall(self.ratings_key)
         counts: dict[str, list[int]] = {}
         for key, value in raw.items():
-            pattern_id, _, rating = key.decode().rpartition(":")
+            pattern_id, _, rating = as_text(key).rpartition(":")
             counts.setdefault(pattern_id, [0, 0])[rating == "bad"] += int(value)
         return {k: (v[0], v[1]) for k, v in counts.items()}

@@ -20,6 +20,7 @@ import numpy as np
 from redis.asyncio import Redis
 
 from spiral_common.embedding import DIMENSIONS
+from spiral_common.redis_values import as_bytes
 
 NEIGHBOURS = 10
 # With more patterns than this, a query first picks the nearest CANDIDATE_PATTERNS by centroid, then votes
@@ -227,9 +228,9 @@ class PatternStore:
         return PatternSet(
             version=int(meta["version"]),
             patterns=patterns,
-            centroids=np.frombuffer(raw[b"centroids"], np.float32).reshape(-1, DIMENSIONS).copy(),
-            vectors=np.frombuffer(raw[b"vectors"], np.float32).reshape(-1, DIMENSIONS).copy(),
-            owners=np.frombuffer(raw[b"owners"], np.int32).copy(),
+            centroids=np.frombuffer(as_bytes(raw[b"centroids"]), np.float32).reshape(-1, DIMENSIONS).copy(),
+            vectors=np.frombuffer(as_bytes(raw[b"vectors"]), np.float32).reshape(-1, DIMENSIONS).copy(),
+            owners=np.frombuffer(as_bytes(raw[b"owners"]), np.int32).copy(),
             calibration=calibration,
             model=meta.get("model", ""),
             mined_ms=int(meta.get("mined_ms", 0)),

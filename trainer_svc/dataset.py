@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from spiral_common.errors import FailedPrecondition
+from spiral_common.redis_values import as_text, text_fields
 
 _SPACE = re.compile(r"\s+")
 
@@ -78,20 +79,20 @@ async def read_traffic(redis: Redis, stream: str, *, batch: int = 1000) -> tuple
     ratings: dict[str, set[str]] = {}
     start = "-"
     while True:
-        entries = await redis.xrange(stream, min=start, max="+", count=batch)
-        for _entry_id, fields in entries:
-            kind = fields.get(b"kind", b"").decode()
+        entries = await redis.xrange(stream, min=start, max="+", count=batch) or []
+        for _entry_id, raw in entries:
+            fields = text_fields(raw)
+            kind = fields.get("kind", "")
             if kind == "exchange":
                 try:
-                    exchanges.append(json.loads(fields[b"exchange"]))
+                    exchanges.append(json.loads(fields["exchange"]))
                 except (KeyError, ValueError):
                     continue  # a damaged entry is skipped, not fatal
             elif kind == "feedback":
-                answer_id = fields.get(b"answer_id", b"").decode()
-                ratings.setdefault(answer_id, set()).add(fields.get(b"rating", b"").decode())
+                ratings.setdefault(fields.get("answer_id", ""), set()).add(fields.get("rating", ""))
         if len(entries) < batch:
             return exchanges, ratings
-        start = "(" + entries[-1][0].decode()
+        start = "(" + as_text(entries[-1][0])
 
 
 def build_dataset(
@@ -131,7 +132,8 @@ def build_dataset(
         )
     # The newest max_examples prompts, in a stable order.
     keys = sorted(best, key=lambda k: best[k][0][2], reverse=True)[:max_examples]
-    train, heldout = [], []
+    train: list[Example] = []
+    heldout: list[Example] = []
     for key in sorted(keys):
         (heldout if _heldout(key, heldout_fraction) and len(heldout) < max_heldout else train).append(best[key][1])
     if not heldout:  # a tiny log can hash every prompt into train: hold out one anyway

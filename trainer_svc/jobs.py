@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from spiral_common.errors import InvalidArgument, NotFound
+from spiral_common.redis_values import as_text, text_fields
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,8 @@ class Job:
         return self.state in FINAL_STATES
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> Job:
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+    def from_hash(cls, raw: Any) -> Job:
+        data = text_fields(raw)
         return cls(
             job_id=data["job_id"],
             kind=data["kind"],
@@ -230,7 +231,7 @@ class JobQueue:
             keys=[self._active_key(kind), self._job_key(job_id), self.stream],
             args=[job_id, kind, _now_ms(), time_budget_s, f"{self.prefix}job:"],
         )
-        job = await self.get(existing.decode() if isinstance(existing, bytes) else existing)
+        job = await self.get(as_text(existing))
         if created:
             log.info("job queued", extra={"job_id": job.job_id, "kind": kind})
             await self._notify(job.job_id)
@@ -252,7 +253,7 @@ class JobQueue:
         jobs = []
         async for key in self.redis.scan_iter(match=f"{self.prefix}job:*", count=500):
             raw = await self.redis.hgetall(key)
-            if raw and b"job_id" in raw:
+            if raw and "job_id" in text_fields(raw):
                 jobs.append(Job.from_hash(raw))
         return sorted(jobs, key=lambda j: j.created_ms, reverse=True)[:limit]
 
@@ -303,18 +304,18 @@ class JobQueue:
         )
         messages = [(reclaimed, True)] if reclaimed else []
         if not messages:
-            batch = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=1, block=block_ms)
+            batch: Any = await self.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=1, block=block_ms)
             if batch:
                 messages = [(batch[0][1], False)]
         for entries, was_reclaimed in messages:
             for message_id, fields in entries:
-                claimed = await self._start(message_id.decode(), fields, was_reclaimed)
+                claimed = await self._start(as_text(message_id), text_fields(fields), was_reclaimed)
                 if claimed is not None:
                     return claimed
         return None
 
-    async def _start(self, message_id: str, fields: dict[bytes, bytes], reclaimed: bool) -> Claimed | None:
-        job_id = fields.get(b"job_id", b"").decode()
+    async def _start(self, message_id: str, fields: dict[str, str], reclaimed: bool) -> Claimed | None:
+        job_id = fields.get("job_id", "")
         key = self._job_key(job_id)
         if reclaimed:
             job = await self.get(job_id) if await self.redis.exists(key) else None
@@ -323,7 +324,7 @@ class JobQueue:
                 error = f"its worker was lost on each of {job.attempt} attempts"
                 await self.fail(job, message_id, error, permanent=False)
                 return None
-        state = (await self._claim(keys=[key], args=[_now_ms()])).decode()
+        state = as_text(await self._claim(keys=[key], args=[_now_ms()]))
         if state == "cancel":
             await self._finish_job(job_id, CANCELLED, "", {})
             await self.ack(message_id)
@@ -402,8 +403,9 @@ class JobQueue:
         due = await self.redis.zrangebyscore(self.deferred, "-inf", now if now is not None else time.time())
         released = 0
         for raw in due:
-            if await self.redis.zrem(self.deferred, raw):  # exactly one worker moves each
-                await self.redis.xadd(self.stream, {"job_id": raw.decode()})
+            job_id = as_text(raw)
+            if await self.redis.zrem(self.deferred, job_id):  # exactly one worker moves each
+                await self.redis.xadd(self.stream, {"job_id": job_id})
                 released += 1
         return released
 
@@ -411,7 +413,7 @@ class JobQueue:
         await self.redis.xack(self.stream, GROUP, message_id)
 
     async def _finish_job(self, job_id: str, state: str, error: str, result: dict[str, Any]) -> None:
-        kind = (await self.redis.hget(self._job_key(job_id), "kind") or b"").decode()
+        kind = as_text(await self.redis.hget(self._job_key(job_id), "kind"))
         await self._finish(
             keys=[self._job_key(job_id), self._active_key(kind)],
             args=[state, _now_ms(), job_id, error, json.dumps(result)],

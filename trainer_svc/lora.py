@@ -158,7 +158,7 @@ def load_base_model(model_path: Path, *, quantize_4bit: bool = True) -> BaseMode
             None, config=config, state_dict=model.state_dict(), quantization_config=nf4, device_map=train_device()
         )
     else:
-        model = model.to(train_device())
+        torch.nn.Module.to(model, train_device())  # in place; transformers' wrapper of .to confuses mypy
     info = BaseModelInfo(
         path=model_path,
         sha256=file_sha256(model_path),

@@ -48,7 +48,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         attempt=job.attempt,
         error=job.error,
         progress=trainer_pb2.JobProgress(
-            stage=STAGE_TO_PROTO.get(job.stage, trainer_pb2.JOB_STAGE_UNSPECIFIED),
+            stage=trainer_pb2.JobStage.Name(STAGE_TO_PROTO.get(job.stage, trainer_pb2.JOB_STAGE_UNSPECIFIED)),
             step=job.step,
             total_steps=job.total_steps,
             loss=job.loss,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -23,7 +23,7 @@ from trainer_svc.jobs import STAGES, Claimed, Job, JobQueue
 
 log = logging.getLogger(__name__)
 
-JobRunner = Callable[[Job, Callable[..., Awaitable[None]]], Awaitable[dict[str, Any]]]
+JobRunner = Callable[[Job, Callable[..., Awaitable[None]]], Coroutine[Any, Any, dict[str, Any]]]
 PERMANENT = (InvalidArgument, FailedPrecondition, NotFound)
 
 
