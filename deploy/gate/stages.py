@@ -31,7 +31,7 @@ from spiral_common.config import load_settings
 
 CONTRACT_TESTS = "tests/unit/test_contracts.py"
 CANARY_TESTS = "tests/integration/test_canary.py"
-# Stage 7's hook: the pytest marker of the trainer's end-to-end test of a tiny distillation job (issue #5).
+# Stage 7's hook: the pytest marker of the trainer's end-to-end tests (tests/integration/test_evolution.py).
 TRAINER_JOB_MARK = "gate_trainer_job"
 
 
@@ -148,7 +148,7 @@ def integration_tests(ctx: GateContext) -> Outcome:
 def trainer_job(ctx: GateContext) -> Outcome:
     outcome = run_pytest(ctx, "07-trainer", ["tests"], marks=TRAINER_JOB_MARK)
     if outcome.reason == "no tests collected":
-        return Outcome("red", f"not built: issue #5 (this stage runs the tests marked {TRAINER_JOB_MARK}; none is)")
+        return Outcome("red", f"not built: this stage runs the tests marked {TRAINER_JOB_MARK}, and none is")
     return outcome
 
 

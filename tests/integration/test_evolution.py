@@ -108,3 +108,22 @@ def test_a_trainer_killed_mid_job_is_restarted_and_the_job_ends_once(platform, t
     assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
     assert done.attempt == 2  # taken over once, run to the end once
     assert platform.processes()["trainer"]["pid"] != victim
+
+
+def test_a_mining_job_runs_the_miner(platform, taught_traffic):
+    """The 6-hourly job, run now: the trainer's worker asks the miner to mine the traffic log."""
+    from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
+
+    with grpc.insecure_channel(platform.settings.envoy_ingress_address) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE)).job
+
+        def finished() -> trainer_pb2.Job | None:
+            current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=5).job
+            unfinished = (trainer_pb2.JOB_STATE_QUEUED, trainer_pb2.JOB_STATE_RUNNING)
+            return current if current.state not in unfinished else None
+
+        done = wait_until(finished, 300, "the mining job to finish", interval_s=0.5)
+        assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
+        patterns = miner_pb2_grpc.MinerServiceStub(channel).ListPatterns(miner_pb2.ListPatternsRequest())
+    assert patterns.pattern_set_version >= 1  # the run published a pattern set
