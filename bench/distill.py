@@ -137,7 +137,8 @@ async def main(args: argparse.Namespace) -> dict:
     redis = aioredis.from_url(settings.redis_url)
     model_path = embedded_model_path()
     system = load_heads(settings.heads_file)[0].system_prompt
-    report: dict = {"train_queries": len(asked), "heldout_queries": len(heldout), "recipe": vars(args)}
+    recipe = {k: v for k, v in vars(args).items() if k != "json"}
+    report: dict = {"train_queries": len(asked), "heldout_queries": len(heldout), "recipe": recipe}
     try:
         # 1. The platform is asked; the teacher answers.
         cloud_providers = load_providers(settings.cloud_providers_file)
@@ -200,8 +201,12 @@ if __name__ == "__main__":
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--top-layers", type=int, default=0)
+    parser.add_argument("--top-layers", type=int, default=12)
     parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4")
     parser.add_argument("--seed", type=int, default=0)
-    result = asyncio.run(main(parser.parse_args()))
-    print(json.dumps(result, indent=2))
+    parser.add_argument("--json", type=Path, default=Path("artifacts/bench-distill.json"))
+    args = parser.parse_args()
+    result = asyncio.run(main(args))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))

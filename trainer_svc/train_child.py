@@ -108,7 +108,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         batch_size=spec["batch_size"],
         time_budget_s=train_budget,
         system_prompts=tuple(spec["system_prompts"]),
-        checkpoint_every=spec.get("checkpoint_every", 10),
+        # A tenth of the planned run (at least 10 steps): a shorter window's mean loss is too noisy to pick by.
+        checkpoint_every=max(10, spec["total_steps"] // 10),
         top_layers=spec.get("top_layers", 0),
         lr_schedule=spec.get("lr_schedule", "constant"),
         seed=spec.get("seed", 0),
