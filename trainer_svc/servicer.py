@@ -36,6 +36,11 @@ def _timestamp(ms: int) -> Timestamp | None:
     return stamp
 
 
+def _wall_ms(job: Job) -> int:
+    """A job that ended before its run reported a duration: its wall time from start to end."""
+    return job.finished_ms - job.started_ms if job.finished_ms and job.started_ms else 0
+
+
 def job_to_proto(job: Job) -> trainer_pb2.Job:
     r = job.result
     return trainer_pb2.Job(
@@ -60,7 +65,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
             eval_score_current=r.get("eval_score_current", 0.0),
             published=r.get("published", False),
             cost_usd_micros=r.get("cost_usd_micros", 0),
-            duration_ms=r.get("duration_ms", 0),
+            duration_ms=r.get("duration_ms") or _wall_ms(job),
         ),
     )
 
