@@ -130,6 +130,9 @@ async def test_a_job_trains_exports_evaluates_and_publishes_a_better_adapter(
     assert result["network_isolated"]  # this machine allows a network namespace
     for stage in ("dataset", "train", "export", "evaluate", "publish"):
         assert stage in stages
+    # The work files go (the dataset and the adapter, now in the registry); the training log stays.
+    work = settings.trainer_work_path / job.job_id
+    assert (work / "train.log").exists() and not (work / "adapter.gguf").exists() and not (work / "spec.json").exists()
     # The run was paid from the daily pool at its real duration; nothing stays reserved.
     budget = await ledger.status()
     assert budget.reserved_usd_micros == 0

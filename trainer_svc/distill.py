@@ -155,23 +155,29 @@ class DistillRunner:
             )
         except BudgetExceeded as exc:  # spent between the status and the reservation
             raise Deferred(budget.resets_at, str(exc)) from exc
-        cost = 0
+        work = s.trainer_work_path / job.job_id
         try:
-            result = await self._train(job, data, plan, progress)
-            cost = cost_of(time.monotonic() - started, s.trainer_usd_per_hour_micros)
-        finally:
-            cost = cost or cost_of(time.monotonic() - started, s.trainer_usd_per_hour_micros)
-            # Shielded: a cancelled job still settles what its machine time cost.
-            await asyncio.shield(self.ledger.settle(reservation, min(cost, reservation.amount_usd_micros)))
+            try:
+                result = await self._train(job, work, data, plan, progress)
+            finally:
+                # Machine time was spent whatever the outcome (a cancelled job too): settled, shielded.
+                cost = min(
+                    cost_of(time.monotonic() - started, s.trainer_usd_per_hour_micros), reservation.amount_usd_micros
+                )
+                await asyncio.shield(self.ledger.settle(reservation, cost))
 
-        await progress(stage="publish")
-        better = result["eval_score_new"] > result["eval_score_current"] + s.distill_min_improvement
-        version, published = "", False
-        if better:
-            version = f"distill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{job.job_id[-8:]}"
-            await asyncio.to_thread(self.registry.publish, Path(result["adapter_path"]), version)
-            await self.publisher.publish_canary(version)
-            published = True
+            await progress(stage="publish")
+            better = result["eval_score_new"] > result["eval_score_current"] + s.distill_min_improvement
+            version, published = "", False
+            if better:
+                version = f"distill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{job.job_id[-8:]}"
+                await asyncio.to_thread(self.registry.publish, Path(result["adapter_path"]), version)
+                await self.publisher.publish_canary(version)
+                published = True
+        finally:
+            # The dataset and the unpublished adapter go; the training log stays for whoever debugs the job.
+            for leftover in ("spec.json", "adapter.gguf"):
+                (work / leftover).unlink(missing_ok=True)
         log.info(
             "distillation finished",
             extra={"job_id": job.job_id, "version": version, "published": published,
@@ -184,7 +190,7 @@ class DistillRunner:
             "eval_exact_new": result["eval_exact_new"],
             "eval_exact_current": result["eval_exact_current"],
             "published": published,
-            "cost_usd_micros": min(cost, reservation.amount_usd_micros),
+            "cost_usd_micros": cost,
             "duration_ms": int((time.monotonic() - started) * 1000),
             "steps": result["steps"],
             "best_step": result["best_step"],
@@ -198,9 +204,10 @@ class DistillRunner:
             "network_isolated": result["network_isolated"],
         }
 
-    async def _train(self, job: Job, data: ds.Dataset, plan: CostPlan, progress: ProgressFn) -> dict[str, Any]:
+    async def _train(
+        self, job: Job, work: Path, data: ds.Dataset, plan: CostPlan, progress: ProgressFn
+    ) -> dict[str, Any]:
         s = self.settings
-        work = s.trainer_work_path / job.job_id
         work.mkdir(parents=True, exist_ok=True)
         current = await self.publisher.current_adapter()
         current_path = str(self.registry.info(current).path) if current not in ("", "none") else None
