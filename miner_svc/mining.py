@@ -19,11 +19,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from redis.asyncio import Redis
 
+from router_svc.traffic import single_turn, teacher_answer
 from spiral_common.embedding import MODEL_NAME
 from spiral_common.errors import FailedPrecondition
 from spiral_common.pattern_set import (
@@ -97,25 +98,6 @@ class MiningInput:
     vectors: np.ndarray
     hits: Counter[str] = field(default_factory=Counter)  # pattern id -> answers it gave in the window
     ratings: dict[str, tuple[int, int]] = field(default_factory=dict)  # pattern id -> (good, bad), all time
-
-
-def teacher_answer(exchange: dict[str, Any]) -> str | None:
-    if exchange.get("finish_reason", "stop") != "stop":
-        return None
-    if exchange.get("teacher_answer"):
-        return str(exchange["teacher_answer"])
-    if exchange.get("tier") == "council" and exchange.get("answer"):
-        return str(exchange["answer"])
-    return None
-
-
-def single_turn(messages: Any) -> str | None:
-    if not isinstance(messages, list):
-        return None
-    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
-    if len(turns) != 1 or turns[0].get("role") != "user" or not str(turns[0].get("content", "")).strip():
-        return None
-    return str(turns[0]["content"])
 
 
 def _cluster(vectors: np.ndarray, min_cluster_size: int) -> np.ndarray:
@@ -530,11 +512,11 @@ class Miner:
                     pattern_answers[str(exchange.get("answer_id", ""))] = str(exchange["pattern_id"])
                     continue
                 prompt = single_turn(exchange.get("messages"))
-                answer = teacher_answer(exchange)
-                if prompt is None or answer is None:
+                taught = teacher_answer(exchange)
+                if prompt is None or taught is None:
                     skipped += 1
                     continue
-                examples.append(Example(prompt, answer))
+                examples.append(Example(prompt, taught[0]))
         if pattern_answers:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for answer_id, pattern_id in pattern_answers.items():

@@ -38,6 +38,29 @@ class Exchange:
     pattern_id: str = ""  # the mined pattern that answered (tier "pattern"), for its feedback
 
 
+def single_turn(messages: Any) -> str | None:
+    """The user's text when a logged conversation is one user turn (after optional system turns), else None."""
+    if not isinstance(messages, list):
+        return None
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    if len(turns) != 1 or turns[0].get("role") != "user" or not str(turns[0].get("content", "")).strip():
+        return None
+    return str(turns[0]["content"]).strip()
+
+
+def teacher_answer(exchange: dict[str, Any]) -> tuple[str, str] | None:
+    """(answer, teacher) when a logged exchange teaches: the cloud's answer, else a council winner's; only an
+    answer that ended naturally (a truncated one would teach truncation). The miner and the trainer learn
+    from exactly these; a head's lone answer is the student's own."""
+    if exchange.get("finish_reason", "stop") != "stop":
+        return None
+    if exchange.get("teacher_answer"):
+        return str(exchange["teacher_answer"]), str(exchange.get("teacher") or "cloud")
+    if exchange.get("tier") == "council" and exchange.get("answer"):
+        return str(exchange["answer"]), str(exchange.get("teacher") or "council")
+    return None
+
+
 class TrafficLog:
     def __init__(self, redis: Redis, *, prefix: str, max_entries: int) -> None:
         self.redis = redis

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from router_svc.traffic import single_turn, teacher_answer
 from spiral_common.errors import FailedPrecondition
 from spiral_common.redis_values import as_text, text_fields
 
@@ -48,24 +49,6 @@ class Dataset:
 
 def normalise(prompt: str) -> str:
     return _SPACE.sub(" ", prompt).strip().casefold()
-
-
-def _single_turn_prompt(messages: list[dict[str, str]]) -> str | None:
-    turns = [m for m in messages if m.get("role") != "system"]
-    if len(turns) == 1 and turns[0].get("role") == "user" and turns[0].get("content", "").strip():
-        return turns[0]["content"].strip()
-    return None
-
-
-def _teacher(exchange: dict) -> tuple[str, str] | None:
-    """(answer, teacher) when this exchange carries a teacher's answer."""
-    if exchange.get("finish_reason") != "stop":
-        return None
-    if exchange.get("teacher_answer"):
-        return exchange["teacher_answer"], exchange.get("teacher") or "cloud"
-    if exchange.get("tier") == "council" and exchange.get("answer"):
-        return exchange["answer"], exchange.get("teacher") or "council"
-    return None
 
 
 def _heldout(prompt_key: str, fraction: float) -> bool:
@@ -107,8 +90,8 @@ def build_dataset(
     best: dict[str, tuple[tuple[int, int, int], Example]] = {}
     bad = 0
     for exchange in exchanges:
-        prompt = _single_turn_prompt(exchange.get("messages") or [])
-        taught = _teacher(exchange)
+        prompt = single_turn(exchange.get("messages"))
+        taught = teacher_answer(exchange)
         if prompt is None or taught is None:
             continue
         rated = ratings.get(exchange.get("answer_id", ""), set())
