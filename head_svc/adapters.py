@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,16 +105,22 @@ class AdapterRegistry:
         files = sorted(self.root.glob("*.gguf"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
         return [p.stem for p in files]
 
+    def usable(self) -> Iterator[AdapterInfo]:
+        """The adapters that serve this base model, newest first; a stray or foreign file is passed over."""
+        for version in self.versions():
+            try:
+                yield self.info(version)
+            except (InvalidArgument, FailedPrecondition):
+                continue
+
     def resolve(self, version: str) -> AdapterInfo | None:
         """`latest` -> the newest usable version, `none` -> None (base model), else the named version."""
         if version == NO_ADAPTER or version == "":
             return None
         if version == LATEST:
-            for candidate in self.versions():
-                try:
-                    return self.info(candidate)
-                except (InvalidArgument, FailedPrecondition):
-                    continue  # a stray file does not hide the newest good adapter
+            newest = next(self.usable(), None)
+            if newest is not None:
+                return newest
             raise NotFound(f"no usable adapter in {self.root}", reason="ADAPTER_NOT_FOUND", version=LATEST)
         return self.info(version)
 

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from head_svc.adapters import AdapterInfo, AdapterRegistry
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from spiral_common.errors import FailedPrecondition, InvalidArgument
+from spiral_common.errors import InvalidArgument
 from trainer_svc.jobs import STAGES, Job, JobQueue
 
 KIND_FROM_PROTO = {trainer_pb2.JOB_KIND_DISTILL: "distill", trainer_pb2.JOB_KIND_MINE: "mine"}
@@ -125,14 +125,5 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     async def ListAdapters(
         self, request: trainer_pb2.ListAdaptersRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.ListAdaptersResponse:
-        def read() -> list[AdapterInfo]:
-            infos = []
-            for version in self.registry.versions():
-                try:
-                    infos.append(self.registry.info(version))
-                except (InvalidArgument, FailedPrecondition):
-                    continue  # a stray or foreign file is not an adapter of this model
-            return infos
-
-        infos = await asyncio.to_thread(read)
+        infos = await asyncio.to_thread(lambda: list(self.registry.usable()))
         return trainer_pb2.ListAdaptersResponse(adapters=[adapter_to_proto(i) for i in infos])
