@@ -1,4 +1,5 @@
 from spiral.common.v1 import chat_pb2 as _chat_pb2
+from spiral.common.v1 import track_pb2 as _track_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -106,14 +107,16 @@ class GetHeadInfoResponse(_message.Message):
     def __init__(self, base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., heads: _Optional[_Iterable[_Union[HeadStatus, _Mapping]]] = ..., max_concurrent_requests: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
-    __slots__ = ("version", "heads", "canary_only")
+    __slots__ = ("version", "heads", "canary_only", "track")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     HEADS_FIELD_NUMBER: _ClassVar[int]
     CANARY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
     version: str
     heads: _containers.RepeatedScalarFieldContainer[str]
     canary_only: bool
-    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ..., canary_only: _Optional[bool] = ...) -> None: ...
+    track: _track_pb2.Track
+    def __init__(self, version: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ..., canary_only: _Optional[bool] = ..., track: _Optional[_Union[_track_pb2.Track, str]] = ...) -> None: ...
 
 class LoadAdapterResponse(_message.Message):
     __slots__ = ("version", "heads", "load_latency_us", "previous_version")

@@ -23,33 +23,38 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from spiral.common.v1 import track_pb2 as spiral_dot_common_dot_v1_dot_track__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspiral/router/v1/admin.proto\x12\x10spiral.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x14ReloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\x06target\x18\x02 \x01(\x0e\x32\x1e.spiral.router.v1.ReloadTarget\"j\n\x15ReloadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x04 \x01(\x03\"\x12\n\x10GetBudgetRequest\"\xe1\x01\n\x11GetBudgetResponse\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x17\n\x0fpool_usd_micros\x18\x02 \x01(\x03\x12\x18\n\x10spent_usd_micros\x18\x03 \x01(\x03\x12\x1b\n\x13reserved_usd_micros\x18\x04 \x01(\x03\x12\x1c\n\x14remaining_usd_micros\x18\x05 \x01(\x03\x12\"\n\x1aper_request_cap_usd_micros\x18\x06 \x01(\x03\x12-\n\tresets_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16GetCanaryWeightRequest\"*\n\x17GetCanaryWeightResponse\x12\x0f\n\x07percent\x18\x01 \x01(\r\")\n\x16SetCanaryWeightRequest\x12\x0f\n\x07percent\x18\x01 \x01(\r\"D\n\x17SetCanaryWeightResponse\x12\x18\n\x10previous_percent\x18\x01 \x01(\r\x12\x0f\n\x07percent\x18\x02 \x01(\r*^\n\x0cReloadTarget\x12\x1d\n\x19RELOAD_TARGET_UNSPECIFIED\x10\x00\x12\x15\n\x11RELOAD_TARGET_ALL\x10\x01\x12\x18\n\x14RELOAD_TARGET_CANARY\x10\x02\x32\x96\x03\n\x0c\x41\x64minService\x12`\n\rReloadAdapter\x12&.spiral.router.v1.ReloadAdapterRequest\x1a\'.spiral.router.v1.ReloadAdapterResponse\x12T\n\tGetBudget\x12\".spiral.router.v1.GetBudgetRequest\x1a#.spiral.router.v1.GetBudgetResponse\x12\x66\n\x0fGetCanaryWeight\x12(.spiral.router.v1.GetCanaryWeightRequest\x1a).spiral.router.v1.GetCanaryWeightResponse\x12\x66\n\x0fSetCanaryWeight\x12(.spiral.router.v1.SetCanaryWeightRequest\x1a).spiral.router.v1.SetCanaryWeightResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspiral/router/v1/admin.proto\x12\x10spiral.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cspiral/common/v1/track.proto\"\x83\x01\n\x14ReloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x32\n\x06target\x18\x02 \x01(\x0e\x32\x1e.spiral.router.v1.ReloadTargetB\x02\x18\x01\x12&\n\x05track\x18\x03 \x01(\x0e\x32\x17.spiral.common.v1.Track\"j\n\x15ReloadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x04 \x01(\x03\"\x12\n\x10GetBudgetRequest\"\xe1\x01\n\x11GetBudgetResponse\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x17\n\x0fpool_usd_micros\x18\x02 \x01(\x03\x12\x18\n\x10spent_usd_micros\x18\x03 \x01(\x03\x12\x1b\n\x13reserved_usd_micros\x18\x04 \x01(\x03\x12\x1c\n\x14remaining_usd_micros\x18\x05 \x01(\x03\x12\"\n\x1aper_request_cap_usd_micros\x18\x06 \x01(\x03\x12-\n\tresets_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16GetCanaryWeightRequest\"*\n\x17GetCanaryWeightResponse\x12\x0f\n\x07percent\x18\x01 \x01(\r\")\n\x16SetCanaryWeightRequest\x12\x0f\n\x07percent\x18\x01 \x01(\r\"D\n\x17SetCanaryWeightResponse\x12\x18\n\x10previous_percent\x18\x01 \x01(\r\x12\x0f\n\x07percent\x18\x02 \x01(\r*b\n\x0cReloadTarget\x12\x1d\n\x19RELOAD_TARGET_UNSPECIFIED\x10\x00\x12\x15\n\x11RELOAD_TARGET_ALL\x10\x01\x12\x18\n\x14RELOAD_TARGET_CANARY\x10\x02\x1a\x02\x18\x01\x32\x96\x03\n\x0c\x41\x64minService\x12`\n\rReloadAdapter\x12&.spiral.router.v1.ReloadAdapterRequest\x1a\'.spiral.router.v1.ReloadAdapterResponse\x12T\n\tGetBudget\x12\".spiral.router.v1.GetBudgetRequest\x1a#.spiral.router.v1.GetBudgetResponse\x12\x66\n\x0fGetCanaryWeight\x12(.spiral.router.v1.GetCanaryWeightRequest\x1a).spiral.router.v1.GetCanaryWeightResponse\x12\x66\n\x0fSetCanaryWeight\x12(.spiral.router.v1.SetCanaryWeightRequest\x1a).spiral.router.v1.SetCanaryWeightResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spiral.router.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELOADTARGET']._serialized_start=711
-  _globals['_RELOADTARGET']._serialized_end=805
-  _globals['_RELOADADAPTERREQUEST']._serialized_start=83
-  _globals['_RELOADADAPTERREQUEST']._serialized_end=170
-  _globals['_RELOADADAPTERRESPONSE']._serialized_start=172
-  _globals['_RELOADADAPTERRESPONSE']._serialized_end=278
-  _globals['_GETBUDGETREQUEST']._serialized_start=280
-  _globals['_GETBUDGETREQUEST']._serialized_end=298
-  _globals['_GETBUDGETRESPONSE']._serialized_start=301
-  _globals['_GETBUDGETRESPONSE']._serialized_end=526
-  _globals['_GETCANARYWEIGHTREQUEST']._serialized_start=528
-  _globals['_GETCANARYWEIGHTREQUEST']._serialized_end=552
-  _globals['_GETCANARYWEIGHTRESPONSE']._serialized_start=554
-  _globals['_GETCANARYWEIGHTRESPONSE']._serialized_end=596
-  _globals['_SETCANARYWEIGHTREQUEST']._serialized_start=598
-  _globals['_SETCANARYWEIGHTREQUEST']._serialized_end=639
-  _globals['_SETCANARYWEIGHTRESPONSE']._serialized_start=641
-  _globals['_SETCANARYWEIGHTRESPONSE']._serialized_end=709
-  _globals['_ADMINSERVICE']._serialized_start=808
-  _globals['_ADMINSERVICE']._serialized_end=1214
+  _globals['_RELOADTARGET']._loaded_options = None
+  _globals['_RELOADTARGET']._serialized_options = b'\030\001'
+  _globals['_RELOADADAPTERREQUEST'].fields_by_name['target']._loaded_options = None
+  _globals['_RELOADADAPTERREQUEST'].fields_by_name['target']._serialized_options = b'\030\001'
+  _globals['_RELOADTARGET']._serialized_start=786
+  _globals['_RELOADTARGET']._serialized_end=884
+  _globals['_RELOADADAPTERREQUEST']._serialized_start=114
+  _globals['_RELOADADAPTERREQUEST']._serialized_end=245
+  _globals['_RELOADADAPTERRESPONSE']._serialized_start=247
+  _globals['_RELOADADAPTERRESPONSE']._serialized_end=353
+  _globals['_GETBUDGETREQUEST']._serialized_start=355
+  _globals['_GETBUDGETREQUEST']._serialized_end=373
+  _globals['_GETBUDGETRESPONSE']._serialized_start=376
+  _globals['_GETBUDGETRESPONSE']._serialized_end=601
+  _globals['_GETCANARYWEIGHTREQUEST']._serialized_start=603
+  _globals['_GETCANARYWEIGHTREQUEST']._serialized_end=627
+  _globals['_GETCANARYWEIGHTRESPONSE']._serialized_start=629
+  _globals['_GETCANARYWEIGHTRESPONSE']._serialized_end=671
+  _globals['_SETCANARYWEIGHTREQUEST']._serialized_start=673
+  _globals['_SETCANARYWEIGHTREQUEST']._serialized_end=714
+  _globals['_SETCANARYWEIGHTRESPONSE']._serialized_start=716
+  _globals['_SETCANARYWEIGHTRESPONSE']._serialized_end=784
+  _globals['_ADMINSERVICE']._serialized_start=887
+  _globals['_ADMINSERVICE']._serialized_end=1293
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from spiral.common.v1 import track_pb2 as _track_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -20,12 +21,14 @@ RELOAD_TARGET_ALL: ReloadTarget
 RELOAD_TARGET_CANARY: ReloadTarget
 
 class ReloadAdapterRequest(_message.Message):
-    __slots__ = ("version", "target")
+    __slots__ = ("version", "target", "track")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
     version: str
     target: ReloadTarget
-    def __init__(self, version: _Optional[str] = ..., target: _Optional[_Union[ReloadTarget, str]] = ...) -> None: ...
+    track: _track_pb2.Track
+    def __init__(self, version: _Optional[str] = ..., target: _Optional[_Union[ReloadTarget, str]] = ..., track: _Optional[_Union[_track_pb2.Track, str]] = ...) -> None: ...
 
 class ReloadAdapterResponse(_message.Message):
     __slots__ = ("version", "previous_version", "heads", "load_latency_us")

@@ -23,47 +23,50 @@ _sym_db = _symbol_database.Default()
 
 
 from spiral.common.v1 import chat_pb2 as spiral_dot_common_dot_v1_dot_chat__pb2
+from spiral.common.v1 import track_pb2 as spiral_dot_common_dot_v1_dot_track__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dspiral/router/v1/router.proto\x12\x10spiral.router.v1\x1a\x1bspiral/common/v1/chat.proto\"\x84\x01\n\x08TierStep\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x16.spiral.router.v1.Tier\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.spiral.router.v1.TierOutcome\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xc6\x01\n\tCandidate\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tagreement\x18\x04 \x01(\x01\x12\x16\n\x0elength_penalty\x18\x05 \x01(\x01\x12\x17\n\x0f\x64iversity_bonus\x18\x06 \x01(\x01\x12\x0e\n\x06winner\x18\x07 \x01(\x08\x12\x12\n\nlatency_us\x18\x08 \x01(\x03\x12\x17\n\x0f\x61\x64\x61pter_version\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\"\xaa\x02\n\rDecisionTrace\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.spiral.router.v1.Tier\x12)\n\x05steps\x18\x03 \x03(\x0b\x32\x1a.spiral.router.v1.TierStep\x12\x17\n\x0f\x63ost_usd_micros\x18\x04 \x01(\x03\x12/\n\ncandidates\x18\x05 \x03(\x0b\x32\x1b.spiral.router.v1.Candidate\x12\x17\n\x0frouter_instance\x18\x06 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x07 \x01(\t\x12\x18\n\x10total_latency_us\x18\x08 \x01(\x03\x12\x1e\n\x16\x66irst_token_latency_us\x18\t \x01(\x03\"\x88\x01\n\x12OrchestrateRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05model\x18\x03 \x01(\t\"\xd4\x01\n\x13OrchestrateResponse\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12.\n\x05trace\x18\x05 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\x12\r\n\x05model\x18\x06 \x01(\t\"\x8e\x01\n\x18OrchestrateStreamRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05model\x18\x03 \x01(\t\"~\n\x19OrchestrateStreamResponse\x12,\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1b.spiral.router.v1.TextDeltaH\x00\x12*\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1b.spiral.router.v1.StreamEndH\x00\x42\x07\n\x05\x65vent\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xbc\x01\n\tStreamEnd\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12.\n\x05trace\x18\x04 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\x12\r\n\x05model\x18\x05 \x01(\t\"r\n\x0bVoteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\"\x94\x01\n\x0cVoteResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.spiral.router.v1.Candidate\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12.\n\x05trace\x18\x04 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\"e\n\x15SubmitFeedbackRequest\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12(\n\x06rating\x18\x02 \x01(\x0e\x32\x18.spiral.router.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"*\n\x16SubmitFeedbackResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08*o\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x10\n\x0cTIER_PATTERN\x10\x02\x12\r\n\tTIER_HEAD\x10\x03\x12\x10\n\x0cTIER_COUNCIL\x10\x04\x12\x0e\n\nTIER_CLOUD\x10\x05*\xac\x01\n\x0bTierOutcome\x12\x1c\n\x18TIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TIER_OUTCOME_ANSWERED\x10\x01\x12\x17\n\x13TIER_OUTCOME_MISSED\x10\x02\x12\x17\n\x13TIER_OUTCOME_FAILED\x10\x03\x12\x18\n\x14TIER_OUTCOME_SKIPPED\x10\x04\x12\x18\n\x14TIER_OUTCOME_REFUSED\x10\x05*A\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRATING_GOOD\x10\x01\x12\x0e\n\nRATING_BAD\x10\x02\x32\x87\x03\n\rRouterService\x12Z\n\x0bOrchestrate\x12$.spiral.router.v1.OrchestrateRequest\x1a%.spiral.router.v1.OrchestrateResponse\x12n\n\x11OrchestrateStream\x12*.spiral.router.v1.OrchestrateStreamRequest\x1a+.spiral.router.v1.OrchestrateStreamResponse0\x01\x12\x45\n\x04Vote\x12\x1d.spiral.router.v1.VoteRequest\x1a\x1e.spiral.router.v1.VoteResponse\x12\x63\n\x0eSubmitFeedback\x12\'.spiral.router.v1.SubmitFeedbackRequest\x1a(.spiral.router.v1.SubmitFeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dspiral/router/v1/router.proto\x12\x10spiral.router.v1\x1a\x1bspiral/common/v1/chat.proto\x1a\x1cspiral/common/v1/track.proto\"\x84\x01\n\x08TierStep\x12$\n\x04tier\x18\x01 \x01(\x0e\x32\x16.spiral.router.v1.Tier\x12.\n\x07outcome\x18\x02 \x01(\x0e\x32\x1d.spiral.router.v1.TierOutcome\x12\x12\n\nlatency_us\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xc6\x01\n\tCandidate\x12\x0c\n\x04head\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x11\n\tagreement\x18\x04 \x01(\x01\x12\x16\n\x0elength_penalty\x18\x05 \x01(\x01\x12\x17\n\x0f\x64iversity_bonus\x18\x06 \x01(\x01\x12\x0e\n\x06winner\x18\x07 \x01(\x08\x12\x12\n\nlatency_us\x18\x08 \x01(\x03\x12\x17\n\x0f\x61\x64\x61pter_version\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\"\xd6\x02\n\rDecisionTrace\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x04tier\x18\x02 \x01(\x0e\x32\x16.spiral.router.v1.Tier\x12)\n\x05steps\x18\x03 \x03(\x0b\x32\x1a.spiral.router.v1.TierStep\x12\x17\n\x0f\x63ost_usd_micros\x18\x04 \x01(\x03\x12/\n\ncandidates\x18\x05 \x03(\x0b\x32\x1b.spiral.router.v1.Candidate\x12\x1b\n\x0frouter_instance\x18\x06 \x01(\tB\x02\x18\x01\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x07 \x01(\t\x12\x18\n\x10total_latency_us\x18\x08 \x01(\x03\x12\x1e\n\x16\x66irst_token_latency_us\x18\t \x01(\x03\x12&\n\x05track\x18\n \x01(\x0e\x32\x17.spiral.common.v1.Track\"\x88\x01\n\x12OrchestrateRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05model\x18\x03 \x01(\t\"\xd4\x01\n\x13OrchestrateResponse\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x35\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x04 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12.\n\x05trace\x18\x05 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\x12\r\n\x05model\x18\x06 \x01(\t\"\x8e\x01\n\x18OrchestrateStreamRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05model\x18\x03 \x01(\t\"~\n\x19OrchestrateStreamResponse\x12,\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1b.spiral.router.v1.TextDeltaH\x00\x12*\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1b.spiral.router.v1.StreamEndH\x00\x42\x07\n\x05\x65vent\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xbc\x01\n\tStreamEnd\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x03 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12.\n\x05trace\x18\x04 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\x12\r\n\x05model\x18\x05 \x01(\t\"r\n\x0bVoteRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x02 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\"\x94\x01\n\x0cVoteResponse\x12/\n\ncandidates\x18\x01 \x03(\x0b\x32\x1b.spiral.router.v1.Candidate\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12.\n\x05trace\x18\x04 \x01(\x0b\x32\x1f.spiral.router.v1.DecisionTrace\"e\n\x15SubmitFeedbackRequest\x12\x11\n\tanswer_id\x18\x01 \x01(\t\x12(\n\x06rating\x18\x02 \x01(\x0e\x32\x18.spiral.router.v1.Rating\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"*\n\x16SubmitFeedbackResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08*\x88\x01\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0e\n\nTIER_CACHE\x10\x01\x12\x10\n\x0cTIER_PATTERN\x10\x02\x12\r\n\tTIER_HEAD\x10\x03\x12\x10\n\x0cTIER_COUNCIL\x10\x04\x12\x0e\n\nTIER_CLOUD\x10\x05\x12\x17\n\x13TIER_LOCAL_FALLBACK\x10\x06*\xac\x01\n\x0bTierOutcome\x12\x1c\n\x18TIER_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15TIER_OUTCOME_ANSWERED\x10\x01\x12\x17\n\x13TIER_OUTCOME_MISSED\x10\x02\x12\x17\n\x13TIER_OUTCOME_FAILED\x10\x03\x12\x18\n\x14TIER_OUTCOME_SKIPPED\x10\x04\x12\x18\n\x14TIER_OUTCOME_REFUSED\x10\x05*A\n\x06Rating\x12\x16\n\x12RATING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bRATING_GOOD\x10\x01\x12\x0e\n\nRATING_BAD\x10\x02\x32\x87\x03\n\rRouterService\x12Z\n\x0bOrchestrate\x12$.spiral.router.v1.OrchestrateRequest\x1a%.spiral.router.v1.OrchestrateResponse\x12n\n\x11OrchestrateStream\x12*.spiral.router.v1.OrchestrateStreamRequest\x1a+.spiral.router.v1.OrchestrateStreamResponse0\x01\x12\x45\n\x04Vote\x12\x1d.spiral.router.v1.VoteRequest\x1a\x1e.spiral.router.v1.VoteResponse\x12\x63\n\x0eSubmitFeedback\x12\'.spiral.router.v1.SubmitFeedbackRequest\x1a(.spiral.router.v1.SubmitFeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spiral.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=1976
-  _globals['_TIER']._serialized_end=2087
-  _globals['_TIEROUTCOME']._serialized_start=2090
-  _globals['_TIEROUTCOME']._serialized_end=2262
-  _globals['_RATING']._serialized_start=2264
-  _globals['_RATING']._serialized_end=2329
-  _globals['_TIERSTEP']._serialized_start=81
-  _globals['_TIERSTEP']._serialized_end=213
-  _globals['_CANDIDATE']._serialized_start=216
-  _globals['_CANDIDATE']._serialized_end=414
-  _globals['_DECISIONTRACE']._serialized_start=417
-  _globals['_DECISIONTRACE']._serialized_end=715
-  _globals['_ORCHESTRATEREQUEST']._serialized_start=718
-  _globals['_ORCHESTRATEREQUEST']._serialized_end=854
-  _globals['_ORCHESTRATERESPONSE']._serialized_start=857
-  _globals['_ORCHESTRATERESPONSE']._serialized_end=1069
-  _globals['_ORCHESTRATESTREAMREQUEST']._serialized_start=1072
-  _globals['_ORCHESTRATESTREAMREQUEST']._serialized_end=1214
-  _globals['_ORCHESTRATESTREAMRESPONSE']._serialized_start=1216
-  _globals['_ORCHESTRATESTREAMRESPONSE']._serialized_end=1342
-  _globals['_TEXTDELTA']._serialized_start=1344
-  _globals['_TEXTDELTA']._serialized_end=1369
-  _globals['_STREAMEND']._serialized_start=1372
-  _globals['_STREAMEND']._serialized_end=1560
-  _globals['_VOTEREQUEST']._serialized_start=1562
-  _globals['_VOTEREQUEST']._serialized_end=1676
-  _globals['_VOTERESPONSE']._serialized_start=1679
-  _globals['_VOTERESPONSE']._serialized_end=1827
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1829
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=1930
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=1932
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=1974
-  _globals['_ROUTERSERVICE']._serialized_start=2332
-  _globals['_ROUTERSERVICE']._serialized_end=2723
+  _globals['_DECISIONTRACE'].fields_by_name['router_instance']._loaded_options = None
+  _globals['_DECISIONTRACE'].fields_by_name['router_instance']._serialized_options = b'\030\001'
+  _globals['_TIER']._serialized_start=2051
+  _globals['_TIER']._serialized_end=2187
+  _globals['_TIEROUTCOME']._serialized_start=2190
+  _globals['_TIEROUTCOME']._serialized_end=2362
+  _globals['_RATING']._serialized_start=2364
+  _globals['_RATING']._serialized_end=2429
+  _globals['_TIERSTEP']._serialized_start=111
+  _globals['_TIERSTEP']._serialized_end=243
+  _globals['_CANDIDATE']._serialized_start=246
+  _globals['_CANDIDATE']._serialized_end=444
+  _globals['_DECISIONTRACE']._serialized_start=447
+  _globals['_DECISIONTRACE']._serialized_end=789
+  _globals['_ORCHESTRATEREQUEST']._serialized_start=792
+  _globals['_ORCHESTRATEREQUEST']._serialized_end=928
+  _globals['_ORCHESTRATERESPONSE']._serialized_start=931
+  _globals['_ORCHESTRATERESPONSE']._serialized_end=1143
+  _globals['_ORCHESTRATESTREAMREQUEST']._serialized_start=1146
+  _globals['_ORCHESTRATESTREAMREQUEST']._serialized_end=1288
+  _globals['_ORCHESTRATESTREAMRESPONSE']._serialized_start=1290
+  _globals['_ORCHESTRATESTREAMRESPONSE']._serialized_end=1416
+  _globals['_TEXTDELTA']._serialized_start=1418
+  _globals['_TEXTDELTA']._serialized_end=1443
+  _globals['_STREAMEND']._serialized_start=1446
+  _globals['_STREAMEND']._serialized_end=1634
+  _globals['_VOTEREQUEST']._serialized_start=1636
+  _globals['_VOTEREQUEST']._serialized_end=1750
+  _globals['_VOTERESPONSE']._serialized_start=1753
+  _globals['_VOTERESPONSE']._serialized_end=1901
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=1903
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=2004
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=2006
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=2048
+  _globals['_ROUTERSERVICE']._serialized_start=2432
+  _globals['_ROUTERSERVICE']._serialized_end=2823
 # @@protoc_insertion_point(module_scope)

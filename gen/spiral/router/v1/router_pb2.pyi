@@ -1,4 +1,5 @@
 from spiral.common.v1 import chat_pb2 as _chat_pb2
+from spiral.common.v1 import track_pb2 as _track_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -16,6 +17,7 @@ class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIER_HEAD: _ClassVar[Tier]
     TIER_COUNCIL: _ClassVar[Tier]
     TIER_CLOUD: _ClassVar[Tier]
+    TIER_LOCAL_FALLBACK: _ClassVar[Tier]
 
 class TierOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -37,6 +39,7 @@ TIER_PATTERN: Tier
 TIER_HEAD: Tier
 TIER_COUNCIL: Tier
 TIER_CLOUD: Tier
+TIER_LOCAL_FALLBACK: Tier
 TIER_OUTCOME_UNSPECIFIED: TierOutcome
 TIER_OUTCOME_ANSWERED: TierOutcome
 TIER_OUTCOME_MISSED: TierOutcome
@@ -84,7 +87,7 @@ class Candidate(_message.Message):
     def __init__(self, head: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., agreement: _Optional[float] = ..., length_penalty: _Optional[float] = ..., diversity_bonus: _Optional[float] = ..., winner: _Optional[bool] = ..., latency_us: _Optional[int] = ..., adapter_version: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class DecisionTrace(_message.Message):
-    __slots__ = ("request_id", "tier", "steps", "cost_usd_micros", "candidates", "router_instance", "adapter_version", "total_latency_us", "first_token_latency_us")
+    __slots__ = ("request_id", "tier", "steps", "cost_usd_micros", "candidates", "router_instance", "adapter_version", "total_latency_us", "first_token_latency_us", "track")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +97,7 @@ class DecisionTrace(_message.Message):
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOTAL_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tier: Tier
     steps: _containers.RepeatedCompositeFieldContainer[TierStep]
@@ -103,7 +107,8 @@ class DecisionTrace(_message.Message):
     adapter_version: str
     total_latency_us: int
     first_token_latency_us: int
-    def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., steps: _Optional[_Iterable[_Union[TierStep, _Mapping]]] = ..., cost_usd_micros: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_instance: _Optional[str] = ..., adapter_version: _Optional[str] = ..., total_latency_us: _Optional[int] = ..., first_token_latency_us: _Optional[int] = ...) -> None: ...
+    track: _track_pb2.Track
+    def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[_Union[Tier, str]] = ..., steps: _Optional[_Iterable[_Union[TierStep, _Mapping]]] = ..., cost_usd_micros: _Optional[int] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., router_instance: _Optional[str] = ..., adapter_version: _Optional[str] = ..., total_latency_us: _Optional[int] = ..., first_token_latency_us: _Optional[int] = ..., track: _Optional[_Union[_track_pb2.Track, str]] = ...) -> None: ...
 
 class OrchestrateRequest(_message.Message):
     __slots__ = ("messages", "params", "model")
