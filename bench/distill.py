@@ -42,6 +42,7 @@ from spiral.router.v1 import router_pb2, router_pb2_grpc
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import REPO_ROOT, load_settings
+from spiral_common.enums import Track
 from spiral_common.specs import load_heads, load_providers
 from tests.fake_cloud import FakeCloud, providers_json
 from trainer_svc.distill import DistillRunner
@@ -145,7 +146,7 @@ async def main(args: argparse.Namespace) -> dict:
         client = OpenAICompatibleClient({p.name: "bench" for p in cloud_providers}, cloud_providers, timeout_s=30,
                                         stall_timeout_s=10)  # fmt: skip
         head_channel = grpc.aio.insecure_channel("127.0.0.1:1")  # the local tier is off: never called
-        deps = RouterDeps(heads=GrpcHeadClient(head_channel, 10, track="main"), redis=redis, cloud_client=client,
+        deps = RouterDeps(heads=GrpcHeadClient(head_channel, 10, track=Track.MAIN), redis=redis, cloud_client=client,
                           providers=cloud_providers)  # fmt: skip
         router = create_server(settings, deps, port=0)
         await router.start()

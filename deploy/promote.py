@@ -25,6 +25,7 @@ import grpc
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc
 from spiral_common.config import ConfigError, Settings, load_settings
+from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.logs import configure_logging
 from spiral_common.specs import secret
 
@@ -115,7 +116,7 @@ class PrometheusSource:
 class Platform(Protocol):
     def adapter_versions(self) -> tuple[str, str]: ...  # (main, canary)
 
-    def reload(self, version: str, canary_only: bool) -> None: ...
+    def reload(self, version: str, tracks: tuple[Track, ...]) -> None: ...
 
     def set_canary_weight(self, percent: int) -> None: ...
 
@@ -133,9 +134,9 @@ class GrpcPlatform:
         head = self.heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), timeout=10).heads[0]
         return head.adapter_version, head.canary_adapter_version
 
-    def reload(self, version: str, canary_only: bool) -> None:
-        target = admin_pb2.RELOAD_TARGET_CANARY if canary_only else admin_pb2.RELOAD_TARGET_ALL
-        request = admin_pb2.ReloadAdapterRequest(version=version or "none", target=target)
+    def reload(self, version: str, tracks: tuple[Track, ...]) -> None:
+        track = Track.CANARY.proto if tuple(tracks) == (Track.CANARY,) else None
+        request = admin_pb2.ReloadAdapterRequest(version=version or "none", track=track)
         self.admin.ReloadAdapter(request, metadata=self.metadata, timeout=120)
 
     def set_canary_weight(self, percent: int) -> None:
@@ -158,10 +159,10 @@ def check_once(
                "canary": asdict(canary), "main_adapter": main_version, "canary_adapter": canary_version},
     )  # fmt: skip
     if decision.action == "promote":
-        platform.reload(canary_version, canary_only=False)
+        platform.reload(canary_version, BOTH_TRACKS)
         platform.set_canary_weight(default_weight)
     elif decision.action == "rollback":
-        platform.reload(main_version, canary_only=True)
+        platform.reload(main_version, (Track.CANARY,))
     return decision
 
 

@@ -13,6 +13,7 @@ from head_svc.model_files import file_sha256, resolve_model_path
 from head_svc.server import build_pool, create_server
 from spiral.head.v1 import head_pb2
 from spiral_common.config import ConfigError, load_settings
+from spiral_common.enums import BOTH_TRACKS
 from spiral_common.errors import SpiralError
 from spiral_common.grpc_service import serve_until_signalled, service_registry, start_metrics_server
 from spiral_common.logs import configure_logging
@@ -66,7 +67,7 @@ async def main() -> None:
     )
     for spec in pool.heads.values():
         if spec.adapter:
-            await pool.load_adapter(spec.adapter, [spec.name], canary_only=False)
+            await pool.load_adapter(spec.adapter, [spec.name], tracks=BOTH_TRACKS)
     log.info("model loaded")
     await serve_until_signalled(runtime, settings.shutdown_grace_s)
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from head_svc.adapters import AdapterRegistry
 from head_svc.engine import Engine, Outcome
 from spiral_common.chat import ChatRequest, Message
-from spiral_common.errors import HeadBusy, InvalidArgument, NotFound, Unavailable
+from spiral_common.enums import BOTH_TRACKS, Track
+from spiral_common.errors import HeadBusy, NotFound, Unavailable
 from spiral_common.specs import HeadSpec
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,6 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Delta:
     text: str
-
-
-TRACKS = ("main", "canary")
 
 
 @dataclass(eq=False)
@@ -59,7 +57,9 @@ class HeadPool:
         self.heads = {h.name: h for h in heads}
         self.registry = registry
         # (head, track) -> the adapter serving new requests there; None is the base model.
-        self.slots: dict[tuple[str, str], LoadedAdapter | None] = {(h.name, t): None for h in heads for t in TRACKS}
+        self.slots: dict[tuple[str, Track], LoadedAdapter | None] = {
+            (h.name, t): None for h in heads for t in BOTH_TRACKS
+        }
         self._reload_lock = asyncio.Lock()
         self.flush_interval_s = flush_interval_ms / 1000
         self.default_head = heads[0].name
@@ -79,11 +79,13 @@ class HeadPool:
             raise
         self.state = "ready"
 
-    def adapter_version(self, head: str, track: str) -> str:
+    def adapter_version(self, head: str, track: Track) -> str:
         slot = self.slots[(head, track)]
         return slot.version if slot else ""
 
-    async def load_adapter(self, version: str, heads: list[str], *, canary_only: bool) -> tuple[str, list[str], str]:
+    async def load_adapter(
+        self, version: str, heads: list[str], *, tracks: tuple[Track, ...]
+    ) -> tuple[str, list[str], str]:
         """Switch heads to an adapter version: loaded beside the old one, then swapped in for new requests.
 
         Generations already running or queued finish on the adapter they started with; an adapter no slot
@@ -91,12 +93,11 @@ class HeadPool:
         if self._engine is None or self.state != "ready":
             raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
         targets = [self.spec(h).name for h in heads] or list(self.heads)
-        tracks = ("canary",) if canary_only else TRACKS
         async with self._reload_lock:
             info = None if self.registry is None else self.registry.resolve(version)
             if info is None and version not in ("none", ""):
                 raise Unavailable("no adapter registry is configured", reason="NO_ADAPTER_REGISTRY")
-            previous = self.adapter_version(targets[0], "main")
+            previous = self.adapter_version(targets[0], Track.MAIN)
             loaded: LoadedAdapter | None = None
             if info is not None:
                 loaded = next((s for s in self.slots.values() if s and s.version == info.version), None)
@@ -114,7 +115,11 @@ class HeadPool:
                 self._release(old)
             log.info(
                 "adapter switched",
-                extra={"version": loaded.version if loaded else "", "heads": targets, "tracks": list(tracks)},
+                extra={
+                    "version": loaded.version if loaded else "",
+                    "heads": targets,
+                    "tracks": [t.label for t in tracks],
+                },
             )
             return (loaded.version if loaded else ""), targets, previous
 
@@ -138,13 +143,11 @@ class HeadPool:
             )
         return spec
 
-    async def generate(self, head: str, request: ChatRequest, track: str = "main") -> AsyncIterator[Delta | End]:
+    async def generate(self, head: str, request: ChatRequest, track: Track = Track.MAIN) -> AsyncIterator[Delta | End]:
         """Stream one head's answer. Closing the iterator early stops the generation at the next token.
 
         The adapter is taken from the head's slot for `track` when the call starts, and held to the end."""
         spec = self.spec(head)
-        if track not in TRACKS:
-            raise InvalidArgument(f"track must be main or canary, got {track!r}", reason="BAD_TRACK", field="track")
         if self._engine is None or self.state != "ready":
             raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
         if self.active >= self.max_concurrent:

@@ -12,6 +12,8 @@ from head_svc.heads import Delta, HeadPool
 from head_svc.memory import resident_bytes
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import Limits, validate_chat
+from spiral_common.enums import Track, tracks_to_switch
+from spiral_common.errors import InvalidArgument
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
 
 _LOAD_STATE = {
@@ -19,6 +21,16 @@ _LOAD_STATE = {
     "ready": head_pb2.LOAD_STATE_READY,
     "failed": head_pb2.LOAD_STATE_FAILED,
 }
+
+
+def _track(word: str) -> Track:
+    """The track a generation serves, from the request's word ("main" when empty)."""
+    try:
+        return Track.from_label(word or Track.MAIN.label)
+    except ValueError:
+        raise InvalidArgument(
+            f"track must be main or canary, got {word!r}", reason="BAD_TRACK", field="track"
+        ) from None
 
 
 class HeadServicer(head_pb2_grpc.HeadServiceServicer):
@@ -34,7 +46,7 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
         # Sampling the caller leaves unset takes the head's own settings.
         limits = replace(self.limits, default_temperature=spec.temperature, default_top_p=spec.top_p)
         chat = validate_chat(messages_from_proto(request.messages), params_from_proto(request.params), limits)
-        async for event in self.pool.generate(spec.name, chat, request.track or "main"):
+        async for event in self.pool.generate(spec.name, chat, _track(request.track)):
             if isinstance(event, Delta):
                 yield head_pb2.GenerateResponse(delta=head_pb2.GenerateDelta(text=event.text))
             else:
@@ -61,8 +73,8 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
                     state=state,
                     queue_depth=self.pool.queue_depth,
                     in_flight=min(self.pool.active, 1),
-                    adapter_version=self.pool.adapter_version(name, "main"),
-                    canary_adapter_version=self.pool.adapter_version(name, "canary"),
+                    adapter_version=self.pool.adapter_version(name, Track.MAIN),
+                    canary_adapter_version=self.pool.adapter_version(name, Track.CANARY),
                 )
                 for name in self.pool.heads
             ],
@@ -75,7 +87,9 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
     ) -> head_pb2.LoadAdapterResponse:
         started = time.perf_counter()
         version, heads, previous = await self.pool.load_adapter(
-            request.version, list(request.heads), canary_only=request.canary_only
+            request.version,
+            list(request.heads),
+            tracks=tracks_to_switch(request.track, legacy_canary_only=request.canary_only),
         )
         return head_pb2.LoadAdapterResponse(
             version=version,

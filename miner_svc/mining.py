@@ -3,16 +3,16 @@
 `Miner.mine()` is what both the Mine RPC and the job queue's mine job call. `mine_patterns()` is the pure
 step (no I/O) that the benchmark runs on a labelled data set.
 
-Which answer teaches a pattern: the exchange's `teacher_answer` when set (the cloud answered), else the
-answer of a council win (the vote vetted it). Answers from the cache, the pattern tier itself or a lone
-unvoted head teach nothing (a pattern must not learn from its own answers). Only single-turn prompts whose
-answer finished with "stop" are mined.
+Which answer teaches a pattern: one the router marked as teaching (`spiral_common.traffic.teacher_answer`):
+the cloud's, or a council answer the vote accepted. Answers from the cache, the pattern tier itself, a lone
+unvoted head or a council answer below the threshold teach nothing (a pattern must not learn from its own
+answers, nor from what the vote rejected). Only single-turn prompts whose answer finished with "stop" are
+mined.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -24,8 +24,9 @@ from typing import Protocol
 import numpy as np
 from redis.asyncio import Redis
 
-from router_svc.traffic import single_turn, teacher_answer
+from spiral.traffic.v1.traffic_pb2 import TrafficExchange
 from spiral_common.embedding import MODEL_NAME
+from spiral_common.enums import Tier
 from spiral_common.errors import FailedPrecondition
 from spiral_common.pattern_set import (
     Calibration,
@@ -38,7 +39,8 @@ from spiral_common.pattern_set import (
     is_negated,
     vote,
 )
-from spiral_common.redis_values import as_bytes, as_text
+from spiral_common.redis_values import as_text
+from spiral_common.traffic import Damaged, Rating, read_entries, single_turn, teacher_answer
 
 log = logging.getLogger(__name__)
 
@@ -482,41 +484,28 @@ class Miner:
         pattern_answers: dict[str, str] = {}
         read = skipped = 0
         last_id = cursor
-        while len(examples) < self.config.max_prompts:
-            start = f"({last_id}" if last_id else "-"
-            entries = await self.redis.xrange(self.stream, min=start, max="+", count=READ_BATCH)
-            if not entries:
+        async for entry_id, entry in read_entries(self.redis, self.stream, after=cursor, batch=READ_BATCH):
+            last_id = entry_id
+            read += 1
+            if isinstance(entry, Rating):
+                feedback.append((entry.answer_id, entry.rating))
+                continue
+            if isinstance(entry, Damaged):
+                skipped += 1
+                continue
+            exchange: TrafficExchange = entry
+            if exchange.tier == Tier.PATTERN and exchange.pattern_id:
+                hits[exchange.pattern_id] += 1
+                pattern_answers[exchange.answer_id] = exchange.pattern_id
+                continue
+            prompt = single_turn(exchange)
+            taught = teacher_answer(exchange)
+            if prompt is None or taught is None:
+                skipped += 1
+                continue
+            examples.append(Example(prompt, taught[0]))
+            if len(examples) >= self.config.max_prompts:
                 break
-            for entry_id, raw in entries:
-                last_id = as_text(entry_id)
-                read += 1
-                fields = {as_text(k): as_bytes(v) for k, v in (raw or {}).items()}
-                kind = fields.get("kind", b"").decode(errors="replace")
-                if kind == "feedback":
-                    answer_id = fields.get("answer_id", b"").decode(errors="replace")
-                    rating = fields.get("rating", b"").decode(errors="replace")
-                    if answer_id and rating in ("good", "bad"):
-                        feedback.append((answer_id, rating))
-                    else:
-                        skipped += 1
-                    continue
-                try:
-                    exchange = json.loads(fields["exchange"])
-                    if not isinstance(exchange, dict):
-                        raise ValueError("not an object")
-                except (KeyError, ValueError, UnicodeDecodeError):
-                    skipped += 1
-                    continue
-                if exchange.get("tier") == "pattern" and exchange.get("pattern_id"):
-                    hits[str(exchange["pattern_id"])] += 1
-                    pattern_answers[str(exchange.get("answer_id", ""))] = str(exchange["pattern_id"])
-                    continue
-                prompt = single_turn(exchange.get("messages"))
-                taught = teacher_answer(exchange)
-                if prompt is None or taught is None:
-                    skipped += 1
-                    continue
-                examples.append(Example(prompt, taught[0]))
         if pattern_answers:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for answer_id, pattern_id in pattern_answers.items():

@@ -14,6 +14,7 @@ from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.embedding import single_threaded_blas
+from spiral_common.enums import Track
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 from spiral_common.specs import load_providers, secret
@@ -36,7 +37,7 @@ async def main() -> None:
     channel = grpc.aio.insecure_channel(settings.head_address)
     redis = aioredis.from_url(settings.redis_url)
     deps = RouterDeps(
-        heads=GrpcHeadClient(channel, settings.head_deadline_s, track=settings.router_instance),
+        heads=GrpcHeadClient(channel, settings.head_deadline_s, track=Track.from_label(settings.router_instance)),
         redis=redis,
         cloud_client=OpenAICompatibleClient(
             keys, usable, timeout_s=settings.cloud_timeout_s, stall_timeout_s=settings.cloud_stall_timeout_s

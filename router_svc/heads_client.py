@@ -10,6 +10,7 @@ import grpc
 
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import ChatRequest
+from spiral_common.enums import Track
 from spiral_common.grpc_service import error_from_rpc
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.protoconv import FINISH_FROM_PROTO, messages_to_proto, params_to_proto
@@ -44,23 +45,27 @@ class HeadClient(Protocol):
         """Stream a head's answer. With head_sampling, sampling the caller left unset takes the head's own."""
         ...
 
-    async def load_adapter(self, version: str, *, canary_only: bool, request_id: str) -> AdapterSwitch:
-        """Switch the heads to an adapter version ("latest", a version, or "none")."""
+    async def load_adapter(self, version: str, *, tracks: tuple[Track, ...], request_id: str) -> AdapterSwitch:
+        """Switch the heads' `tracks` (both, or the canary alone) to an adapter version ("latest", a version,
+        or "none")."""
         ...
 
 
 class GrpcHeadClient:
     """Streams generations from a head service; upstream failures become domain errors."""
 
-    def __init__(self, channel: grpc.aio.Channel, deadline_s: float, track: str = "main") -> None:
+    def __init__(self, channel: grpc.aio.Channel, deadline_s: float, track: Track = Track.MAIN) -> None:
         self._stub = head_pb2_grpc.HeadServiceStub(channel)
         self._deadline_s = deadline_s
-        self._track = track  # this router's adapter slot on the heads
+        self._track = track  # the track whose adapter this router's generations use on the heads
 
-    async def load_adapter(self, version: str, *, canary_only: bool, request_id: str) -> AdapterSwitch:
+    async def load_adapter(self, version: str, *, tracks: tuple[Track, ...], request_id: str) -> AdapterSwitch:
+        canary_only = tuple(tracks) == (Track.CANARY,)
+        request = head_pb2.LoadAdapterRequest(version=version, track=Track.CANARY.proto if canary_only else None)
+        request.canary_only = canary_only  # the deprecated twin, for heads older than `track`
         try:
             reply = await self._stub.LoadAdapter(
-                head_pb2.LoadAdapterRequest(version=version, canary_only=canary_only),
+                request,
                 metadata=((REQUEST_ID_HEADER, request_id),),
                 timeout=60,
             )
@@ -75,7 +80,7 @@ class GrpcHeadClient:
         call = self._stub.Generate(
             head_pb2.GenerateRequest(
                 head=head,
-                track=self._track,
+                track=self._track.label,
                 messages=messages_to_proto(request.messages),
                 params=params_to_proto(
                     max_tokens=request.max_tokens,

@@ -28,7 +28,10 @@ class Embedder(Protocol):
     def embed_one(self, text: str) -> np.ndarray: ...
 
 
-class PatternTier:
+class PatternMatcher:
+    """The regex micro-specialists first, then the newest mined pattern set (reloaded from Redis when a new
+    version is published)."""
+
     def __init__(
         self,
         regex: RegexPatterns,

@@ -14,17 +14,24 @@ from router_svc.cloud import CloudFallback, ProviderClient
 from router_svc.council import Council
 from router_svc.heads_client import HeadClient
 from router_svc.metrics import RouterMetrics
-from router_svc.mined import Embedder, PatternTier
+from router_svc.mined import Embedder, PatternMatcher
 from router_svc.patterns import RegexPatterns
 from router_svc.servicer import AdminServicer, RouterServicer
-from router_svc.traffic import TrafficLog
+from router_svc.tiers.base import CascadeTier
+from router_svc.tiers.cache import CacheTier
+from router_svc.tiers.cloud import CloudTier
+from router_svc.tiers.council import CouncilTier
+from router_svc.tiers.head import HeadTier
+from router_svc.tiers.pattern import PatternTier
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common.budget import BudgetLedger, utc_now
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
+from spiral_common.enums import Track
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
 from spiral_common.pattern_set import PatternStore
 from spiral_common.specs import CloudProvider, council_members, load_heads
+from spiral_common.traffic import TrafficLog
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -61,35 +68,35 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         clock=deps.clock,
     )
     traffic = TrafficLog(deps.redis, prefix=settings.redis_prefix, max_entries=settings.traffic_log_max_entries)
-    cascade = Cascade(
-        instance=settings.router_instance,
-        cache=AnswerCache(
-            deps.redis, prefix=settings.redis_prefix, instance=settings.router_instance, ttl_s=settings.cache_ttl_s
-        ),
-        patterns=PatternTier(
-            RegexPatterns(deps.clock),
-            PatternStore(deps.redis, prefix=settings.redis_prefix),
-            deps.encoder_factory or default_encoder,
-            reload_interval_s=settings.pattern_reload_interval_s,
-        ),
-        pattern_threshold=settings.pattern_threshold,
-        heads=deps.heads,
-        council=Council(
-            deps.heads,
-            council_members(settings.council_heads, load_heads(settings.heads_file)),
-            deadline_s=settings.council_deadline_s,
-            threshold=settings.council_threshold,
-            length_weight=settings.council_length_weight,
-            diversity_weight=settings.council_diversity_weight,
-        ),
-        cloud=CloudFallback(
-            deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.per_request_cap_usd_micros
-        ),
-        traffic=traffic,
-        metrics=metrics,
+    track = Track.from_label(settings.router_instance)
+    cache = AnswerCache(deps.redis, prefix=settings.redis_prefix, instance=track.label, ttl_s=settings.cache_ttl_s)
+    council = Council(
+        deps.heads,
+        council_members(settings.council_heads, load_heads(settings.heads_file)),
+        deadline_s=settings.council_deadline_s,
+        threshold=settings.council_threshold,
+        length_weight=settings.council_length_weight,
+        diversity_weight=settings.council_diversity_weight,
     )
+    matcher = PatternMatcher(
+        RegexPatterns(deps.clock),
+        PatternStore(deps.redis, prefix=settings.redis_prefix),
+        deps.encoder_factory or default_encoder,
+        reload_interval_s=settings.pattern_reload_interval_s,
+    )
+    cloud = CloudFallback(
+        deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.per_request_cap_usd_micros
+    )
+    # The cascade, cheapest first. A council of one has no vote: its head streams its answer directly, and the
+    # request ends there (a lone head's answer is not second-guessed by the cloud).
+    tiers: list[CascadeTier] = [CacheTier(cache, metrics), PatternTier(matcher, settings.pattern_threshold)]
+    if len(council.members) == 1:
+        tiers.append(HeadTier(deps.heads, council.members[0]))
+    else:
+        tiers += [CouncilTier(council, metrics), CloudTier(cloud, metrics)]
+    cascade = Cascade(track=track, tiers=tiers, cache=cache, traffic=traffic, metrics=metrics)
     metrics.budget_pool.set(settings.daily_pool_usd_micros / 1e6)
-    router = RouterServicer(cascade, traffic, limits_from(settings), metrics.feedback)
+    router = RouterServicer(cascade, council, traffic, limits_from(settings), metrics)
     admin = AdminServicer(
         ledger,
         deps.admin_token,

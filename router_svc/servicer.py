@@ -9,36 +9,24 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from prometheus_client import Counter
 
 from router_svc.cache import AdapterVersions
-from router_svc.cascade import Answer, Cascade, Trace
-from router_svc.council import Candidate
+from router_svc.cascade import Answer, Cascade, vote
+from router_svc.council import Candidate, Council
 from router_svc.heads_client import HeadClient
-from router_svc.traffic import TrafficLog
+from router_svc.metrics import RouterMetrics
+from router_svc.tiers.base import Trace
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import canary
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Limits, validate_chat
 from spiral_common.config import Settings
+from spiral_common.enums import tracks_to_switch
 from spiral_common.errors import Unauthenticated
 from spiral_common.logs import request_id_var
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
+from spiral_common.traffic import TrafficLog
 
-_TIER = {
-    "cache": router_pb2.TIER_CACHE,
-    "pattern": router_pb2.TIER_PATTERN,
-    "head": router_pb2.TIER_HEAD,
-    "council": router_pb2.TIER_COUNCIL,
-    "cloud": router_pb2.TIER_CLOUD,
-}
-_OUTCOME = {
-    "answered": router_pb2.TIER_OUTCOME_ANSWERED,
-    "missed": router_pb2.TIER_OUTCOME_MISSED,
-    "failed": router_pb2.TIER_OUTCOME_FAILED,
-    "skipped": router_pb2.TIER_OUTCOME_SKIPPED,
-    "refused": router_pb2.TIER_OUTCOME_REFUSED,
-}
 log = logging.getLogger(__name__)
 _RATING = {router_pb2.RATING_GOOD: "good", router_pb2.RATING_BAD: "bad"}
 
@@ -61,16 +49,15 @@ def candidate_to_proto(c: Candidate) -> router_pb2.Candidate:
 def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
     return router_pb2.DecisionTrace(
         request_id=trace.request_id,
-        tier=_TIER.get(trace.tier, router_pb2.TIER_UNSPECIFIED),
+        tier=trace.tier.proto if trace.tier else router_pb2.TIER_UNSPECIFIED,
         steps=[
-            router_pb2.TierStep(
-                tier=_TIER[s.tier], outcome=_OUTCOME[s.outcome], latency_us=s.latency_us, detail=s.detail
-            )
+            router_pb2.TierStep(tier=s.tier.proto, outcome=s.outcome.proto, latency_us=s.latency_us, detail=s.detail)
             for s in trace.steps
         ],
         cost_usd_micros=trace.cost_usd_micros,
         candidates=[candidate_to_proto(c) for c in trace.candidates],
-        router_instance=trace.router_instance,
+        router_instance=trace.track.label,  # deprecated twin of `track`, kept for old clients
+        track=trace.track.proto,
         adapter_version=trace.adapter_version,
         total_latency_us=trace.total_latency_us,
         first_token_latency_us=trace.first_token_latency_us,
@@ -78,9 +65,12 @@ def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
-    def __init__(self, cascade: Cascade, traffic: TrafficLog, limits: Limits, feedback_total: Counter) -> None:
-        self.feedback_total = feedback_total
+    def __init__(
+        self, cascade: Cascade, council: Council, traffic: TrafficLog, limits: Limits, metrics: RouterMetrics
+    ) -> None:
+        self.metrics = metrics
         self.cascade = cascade
+        self.council = council
         self.traffic = traffic
         self.limits = limits
 
@@ -123,7 +113,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield router_pb2.OrchestrateStreamResponse(delta=router_pb2.TextDelta(text=item))
 
     async def Vote(self, request: router_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> router_pb2.VoteResponse:
-        result, trace = await self.cascade.vote(self._chat(request), request_id_var.get())
+        result, trace = await vote(
+            self.council, self._chat(request), request_id_var.get(), self.cascade.track, self.metrics
+        )
         return router_pb2.VoteResponse(
             candidates=[candidate_to_proto(c) for c in sorted(result.candidates, key=lambda c: -c.score)],
             accepted=result.accepted,
@@ -136,7 +128,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.SubmitFeedbackResponse:
         rating = _RATING.get(request.rating, "")
         answered_by = await self.traffic.feedback(request.answer_id, rating, request.comment)
-        self.feedback_total.labels(rating, answered_by).inc()
+        self.metrics.feedback.labels(rating, answered_by).inc()
         return router_pb2.SubmitFeedbackResponse(recorded=True)
 
 
@@ -173,12 +165,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ReloadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ReloadAdapterResponse:
         self._authorize(context)
-        canary_only = request.target == admin_pb2.RELOAD_TARGET_CANARY
+        legacy = request.target == admin_pb2.RELOAD_TARGET_CANARY
+        tracks = tracks_to_switch(request.track, legacy_canary_only=legacy)
         switch = await self.heads.load_adapter(
-            request.version or "latest", canary_only=canary_only, request_id=request_id_var.get()
+            request.version or "latest", tracks=tracks, request_id=request_id_var.get()
         )
         # The cache key names the adapter version: answers of the old adapter are never served again.
-        await self.adapter_versions.set(switch.version, ("canary",) if canary_only else ("main", "canary"))
+        await self.adapter_versions.set(switch.version, tuple(t.label for t in tracks))
         return admin_pb2.ReloadAdapterResponse(
             version=switch.version,
             previous_version=switch.previous_version,

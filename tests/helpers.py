@@ -9,7 +9,12 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from deploy.platform import free_ports  # noqa: F401 (re-exported for the tests)
+from spiral.common.v1 import chat_pb2
+from spiral.traffic.v1.traffic_pb2 import TrafficExchange
+from spiral_common.enums import Tier, Track
 from spiral_common.grpc_service import error_info
+from spiral_common.protoconv import FINISH_TO_PROTO
+from spiral_common.traffic import teaches
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> object:
@@ -40,3 +45,35 @@ def reason_of(exc: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, dict[str
     info = error_info(exc)
     assert info is not None, f"no ErrorInfo in {exc.code()}: {exc.details()}"
     return exc.code(), info.reason, dict(info.metadata)
+
+
+def logged_exchange(
+    prompt: str,
+    answer: str,
+    *,
+    tier: Tier = Tier.CLOUD,
+    teacher: str | None = None,
+    finish_reason: str = "stop",
+    answer_id: str | None = None,
+    ts_ms: int = 0,
+    pattern_id: str = "",
+) -> TrafficExchange:
+    """A traffic-log record of a single-turn exchange, as a router writes it (teaching decided the same way)."""
+    import uuid
+
+    finish = FINISH_TO_PROTO[finish_reason]
+    default_teacher = {Tier.CLOUD: "fake-cloud", Tier.COUNCIL: "council:precise", Tier.HEAD: "head:precise"}
+    return TrafficExchange(
+        answer_id=answer_id or uuid.uuid4().hex,
+        request_id=uuid.uuid4().hex,
+        track=Track.MAIN.proto,
+        model="spiral",
+        messages=[chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, content=prompt)],
+        tier=tier.proto,
+        answer=answer,
+        finish_reason=finish,
+        teaches=teaches(tier, finish),
+        teacher=default_teacher.get(tier, "") if teacher is None else teacher,
+        ts_ms=ts_ms,
+        pattern_id=pattern_id,
+    )

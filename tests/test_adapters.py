@@ -19,6 +19,7 @@ from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.config import load_settings
+from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.conftest import SECRET_PROMPT
 from tests.helpers import reason_of
@@ -74,7 +75,7 @@ async def head(engine, model_path, taught_adapter, tmp_path):
     await runtime.set_serving(True)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
     yield head_pb2_grpc.HeadServiceStub(channel), pool
-    await pool.load_adapter("none", [], canary_only=False)  # the session's engine goes back to the base model
+    await pool.load_adapter("none", [], tracks=BOTH_TRACKS)  # the session's engine goes back to the base model
     await channel.close()
     await runtime.server.stop(None)
 
@@ -133,7 +134,7 @@ async def test_bad_reloads_are_refused_and_nothing_changes(head, version, code, 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version=version))
     assert reason_of(caught.value)[:2] == (code, reason)
-    assert pool.adapter_version("precise", "main") == ""
+    assert pool.adapter_version("precise", Track.MAIN) == ""
 
 
 async def test_twenty_streams_survive_ten_reloads(head):

@@ -6,15 +6,16 @@ does it on the real mesh."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
 from head_svc.adapters import AdapterRegistry
 from head_svc.model_files import file_sha256
-from router_svc.traffic import Exchange, TrafficLog
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import load_settings
+from spiral_common.enums import Tier
+from spiral_common.traffic import TrafficLog
+from tests.helpers import logged_exchange
 from trainer_svc.dataset import build_dataset
 from trainer_svc.distill import DistillRunner, plan_cost
 from trainer_svc.jobs import JobQueue
@@ -61,24 +62,10 @@ def settings_for(prefix, tmp_path, **overrides):
     return load_settings(env)
 
 
-async def log_traffic(redis_client, prefix, pairs, *, tier="cloud"):
+async def log_traffic(redis_client, prefix, pairs, *, tier=Tier.CLOUD):
     traffic = TrafficLog(redis_client, prefix=prefix, max_entries=10_000)
     for prompt, answer in pairs:
-        await traffic.append(
-            Exchange(
-                answer_id=uuid.uuid4().hex,
-                request_id=uuid.uuid4().hex,
-                router_instance="main",
-                model="spiral",
-                messages=[{"role": "user", "content": prompt}],
-                params={},
-                tier=tier,
-                answer=answer,
-                finish_reason="stop",
-                teacher_answer=answer if tier == "cloud" else "",
-                teacher="fake-cloud" if tier == "cloud" else "council:precise",
-            )
-        )
+        await traffic.append(logged_exchange(prompt, answer, tier=tier))
 
 
 def make_runner(settings, redis_client, model_path, publisher):
@@ -197,17 +184,16 @@ def test_the_cost_guard_shrinks_the_budget_to_what_the_pool_can_pay(tmp_path):
 
 
 def test_the_dataset_prefers_good_feedback_and_leaves_out_bad(tmp_path):
-    def exchange(answer_id, prompt, answer, tier="cloud", ts=0, finish="stop"):
-        return {"answer_id": answer_id, "messages": [{"role": "user", "content": prompt}], "tier": tier,
-                "answer": answer, "teacher_answer": answer if tier == "cloud" else "", "finish_reason": finish,
-                "teacher": "fake" if tier == "cloud" else "council:precise", "ts_ms": ts}  # fmt: skip
+    def exchange(answer_id, prompt, answer, tier=Tier.CLOUD, ts=0, finish="stop"):
+        return logged_exchange(prompt, answer, tier=tier, finish_reason=finish, answer_id=answer_id, ts_ms=ts)
 
     exchanges = [
         exchange("a1", "Q one", "newest cloud answer", ts=3),
         exchange("a2", "q  ONE", "rated good", ts=1),
         exchange("b1", "Q two", "rated bad", ts=5),
-        exchange("b2", "Q two", "council answer", tier="council", ts=2),
-        exchange("c1", "Q three", "the head's own answer", tier="head"),
+        exchange("b2", "Q two", "council answer", tier=Tier.COUNCIL, ts=2),
+        exchange("c1", "Q three", "the head's own answer", tier=Tier.HEAD),
+        exchange("f1", "Q six", "rejected by the vote", tier=Tier.LOCAL_FALLBACK),
         exchange("d1", "Q four", "cut off", finish="length"),
         exchange("e1", "Q five", "answer five"),
     ]

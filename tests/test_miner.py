@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import uuid
 
 import grpc
 import numpy as np
@@ -13,13 +12,16 @@ import pytest
 
 from miner_svc.mining import Example, MinerConfig, MiningInput, mine_patterns
 from miner_svc.server import MinerDeps, create_server
-from router_svc.traffic import Exchange, TrafficLog
+from spiral.common.v1 import chat_pb2
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral.router.v1 import router_pb2
+from spiral.traffic.v1.traffic_pb2 import TrafficExchange
 from spiral_common.config import load_settings
 from spiral_common.embedding import SentenceEncoder
+from spiral_common.enums import Tier
 from spiral_common.pattern_set import PatternIndex, PatternSet, PatternStore, is_negated
-from tests.helpers import reason_of, wait_until_async
+from spiral_common.traffic import TrafficLog
+from tests.helpers import logged_exchange, reason_of, wait_until_async
 from tests.test_router_service import ask, cloud, make_router, providers_file  # noqa: F401, F811
 
 CARD = "Your new card arrives within 5 working days of ordering it."
@@ -72,21 +74,8 @@ def encoder():
     return SentenceEncoder(threads=1)
 
 
-def exchange(prompt: str, answer: str, *, tier: str = "cloud", **extra) -> Exchange:
-    return Exchange(
-        answer_id=uuid.uuid4().hex,
-        request_id="r",
-        router_instance="main",
-        model="spiral",
-        messages=[{"role": "user", "content": prompt}],
-        params={},
-        tier=tier,
-        answer=answer,
-        finish_reason="stop",
-        teacher_answer=answer if tier == "cloud" else "",
-        teacher="mistral" if tier == "cloud" else "",
-        **extra,
-    )
+def exchange(prompt: str, answer: str, *, tier: Tier = Tier.CLOUD, **extra) -> TrafficExchange:
+    return logged_exchange(prompt, answer, tier=tier, teacher="mistral" if tier is Tier.CLOUD else "", **extra)
 
 
 async def log_groups(redis_client, prefix: str) -> None:
@@ -175,9 +164,9 @@ async def test_empty_and_malformed_logs_give_a_clear_result(miner, redis_client,
     await redis_client.xadd(stream, {"kind": "exchange", "exchange": json.dumps([1, 2])})
     await redis_client.xadd(stream, {"kind": "feedback", "answer_id": "x", "rating": "meh"})
     multi_turn = exchange("hi", "hello")
-    multi_turn.messages.append({"role": "assistant", "content": "hello"})
+    multi_turn.messages.append(chat_pb2.ChatMessage(role=chat_pb2.ROLE_ASSISTANT, content="hello"))
     await TrafficLog(redis_client, prefix=prefix, max_entries=100).append(multi_turn)
-    await TrafficLog(redis_client, prefix=prefix, max_entries=100).append(exchange("hey", "ok", tier="cache"))
+    await TrafficLog(redis_client, prefix=prefix, max_entries=100).append(exchange("hey", "ok", tier=Tier.CACHE))
     bad = await miner.Mine(miner_pb2.MineRequest())
     assert (bad.entries_read, bad.entries_skipped, bad.prompts_read, bad.patterns_published) == (6, 6, 0, 0)
     assert bad.note == "no minable prompts in the new traffic"

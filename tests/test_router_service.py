@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import grpc
+import numpy as np
 import pytest
 
 from router_svc.cloud import OpenAICompatibleClient
@@ -16,8 +17,10 @@ from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import canary, errors
 from spiral_common.config import load_settings
+from spiral_common.enums import Track
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.specs import load_providers
+from spiral_common.traffic import decode_entry
 from tests.fake_cloud import Behaviour, FakeCloud, providers_json
 from tests.helpers import reason_of
 
@@ -47,8 +50,8 @@ class ScriptedHeads:
             yield HeadText(word + " ")
         yield HeadDone("stop", 12, len(str(script).split()), head, "")
 
-    async def load_adapter(self, version, *, canary_only, request_id):
-        self.reloads = getattr(self, "reloads", []) + [(version, canary_only)]
+    async def load_adapter(self, version, *, tracks, request_id):
+        self.reloads = getattr(self, "reloads", []) + [(version, tracks == (Track.CANARY,))]
         return AdapterSwitch("v7" if version == "latest" else version, "", ["precise"], 1234)
 
 
@@ -237,8 +240,9 @@ async def test_local_failure_falls_to_the_cloud_which_is_paid_and_logged(make_ro
     budget = await router.budget()
     assert (budget.spent_usd_micros, budget.reserved_usd_micros) == (28, 0)
     entries = await router.redis.xrange(f"{router.prefix}traffic")
-    exchange = json.loads(entries[-1][1][b"exchange"])
-    assert (exchange["tier"], exchange["teacher_answer"], exchange["cost_usd_micros"]) == ("cloud", reply.text, 28)
+    exchange = decode_entry(entries[-1][1])
+    assert (exchange.tier, exchange.answer, exchange.teaches) == (router_pb2.TIER_CLOUD, reply.text, True)
+    assert (exchange.cost_usd_micros, exchange.teacher, exchange.track) == (28, "primary", Track.MAIN)
 
 
 async def test_all_heads_failing_falls_to_the_cloud(make_router):
@@ -265,10 +269,46 @@ async def test_when_every_provider_fails_the_best_local_answer_is_served_and_not
     cloud.behaviours["primary"] = cloud.behaviours["secondary"] = Behaviour(mode="error")
     router = await make_router(ScriptedHeads(DISAGREE))
     reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
-    assert reply.trace.tier == router_pb2.TIER_COUNCIL
+    assert reply.trace.tier == router_pb2.TIER_LOCAL_FALLBACK and reply.text
+    council = next(s for s in reply.trace.steps if s.tier == router_pb2.TIER_COUNCIL)
+    assert council.outcome == router_pb2.TIER_OUTCOME_FAILED and "<" in council.detail
     again = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
     assert again.trace.tier != router_pb2.TIER_CACHE  # a fallback answer is not cached
     assert (await router.budget()).spent_usd_micros == 0
+
+
+async def test_an_answer_the_vote_rejected_is_logged_as_a_fallback_and_never_teaches(make_router, cloud):
+    """The bug this guards: a below-threshold council answer, served because the cloud was down, was logged as
+    tier "council" and became training data for the miner and the trainer."""
+    from miner_svc.mining import Miner, MinerConfig
+    from spiral_common.traffic import read_entries, stream_key
+    from trainer_svc.dataset import build_dataset, read_traffic
+
+    cloud.behaviours["primary"] = cloud.behaviours["secondary"] = Behaviour(mode="error")
+    rejected = await make_router(ScriptedHeads(DISAGREE))
+    served = await rejected.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask("Which answer is right?")))
+    accepted = await make_router()  # the heads agree: the vote accepts
+    vouched = await accepted.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask("Capital of France?")))
+    assert served.trace.tier == router_pb2.TIER_LOCAL_FALLBACK and vouched.trace.tier == router_pb2.TIER_COUNCIL
+
+    logged = {e.answer_id: e async for _, e in read_entries(rejected.redis, stream_key(rejected.prefix))}
+    assert logged[served.answer_id].tier == router_pb2.TIER_LOCAL_FALLBACK and not logged[served.answer_id].teaches
+    assert logged[vouched.answer_id].tier == router_pb2.TIER_COUNCIL and logged[vouched.answer_id].teaches
+
+    exchanges, ratings = await read_traffic(rejected.redis, stream_key(rejected.prefix))
+    data = build_dataset(exchanges, ratings, min_examples=1, max_examples=10, heldout_fraction=0.5, max_heldout=1)
+    assert [e.prompt for e in data.train + data.heldout] == ["Capital of France?"]
+
+    class RecordingEmbedder:
+        asked: list[str] = []
+
+        def embed(self, texts):
+            self.asked += texts
+            return np.tile(np.eye(1, 384, dtype=np.float32), (len(texts), 1))
+
+    embedder = RecordingEmbedder()
+    await Miner(rejected.redis, embedder, prefix=rejected.prefix, config=MinerConfig()).mine(dry_run=True)
+    assert embedder.asked == ["Capital of France?"]  # the miner learns from the accepted answer only
 
 
 async def test_the_per_request_cap_lowers_max_tokens_when_that_fits(make_router, cloud):

@@ -1,11 +1,12 @@
 """The distillation dataset: what the traffic log's teachers said, de-duplicated and split by prompt.
 
-A teacher answer is the cloud's answer (`teacher_answer`) or a council winner's (tier `council`); answers a
-head gave alone are the student's own and are not learned from. Only single-turn prompts are used (the
-user's text; the heads' system prompts are applied at training time), and only answers that ended
-naturally (finish `stop`: a truncated answer would teach truncation). An answer with any bad feedback is
-left out; among several answers to the same prompt, one with good feedback wins, then the cloud's over a
-council's, then the newest. Prompts are compared case- and whitespace-insensitively.
+A teacher answer is an exchange the router marked as teaching (`spiral_common.traffic.teacher_answer`): the
+cloud's answer or a council answer the vote accepted; answers a head gave alone are the student's own, and a
+council answer below the threshold (served as a local fallback) was rejected, so neither is learned from. Only
+single-turn prompts are used (the user's text; the heads' system prompts are applied at training time), and
+only answers that ended naturally (finish `stop`: a truncated answer would teach truncation). An answer with
+any bad feedback is left out; among several answers to the same prompt, one with good feedback wins, then the
+cloud's over a council's, then the newest. Prompts are compared case- and whitespace-insensitively.
 
 The held-out split is chosen by a hash of the prompt, so a prompt is in the same split every night and the
 held-out scores of successive adapters compare.
@@ -14,15 +15,14 @@ held-out scores of successive adapters compare.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from router_svc.traffic import single_turn, teacher_answer
+from spiral.traffic.v1.traffic_pb2 import TrafficExchange
 from spiral_common.errors import FailedPrecondition
-from spiral_common.redis_values import as_text, text_fields
+from spiral_common.traffic import Rating, read_entries, single_turn, teacher_answer
 
 _SPACE = re.compile(r"\s+")
 
@@ -56,30 +56,23 @@ def _heldout(prompt_key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-async def read_traffic(redis: Redis, stream: str, *, batch: int = 1000) -> tuple[list[dict], dict[str, set[str]]]:
-    """Every exchange in the traffic log, oldest first, and the ratings given to each answer id."""
-    exchanges: list[dict] = []
+async def read_traffic(
+    redis: Redis, stream: str, *, batch: int = 1000
+) -> tuple[list[TrafficExchange], dict[str, set[str]]]:
+    """Every exchange in the traffic log, oldest first, and the ratings given to each answer id (a damaged
+    entry is skipped, not fatal)."""
+    exchanges: list[TrafficExchange] = []
     ratings: dict[str, set[str]] = {}
-    start = "-"
-    while True:
-        entries = await redis.xrange(stream, min=start, max="+", count=batch) or []
-        for _entry_id, raw in entries:
-            fields = text_fields(raw)
-            kind = fields.get("kind", "")
-            if kind == "exchange":
-                try:
-                    exchanges.append(json.loads(fields["exchange"]))
-                except (KeyError, ValueError):
-                    continue  # a damaged entry is skipped, not fatal
-            elif kind == "feedback":
-                ratings.setdefault(fields.get("answer_id", ""), set()).add(fields.get("rating", ""))
-        if len(entries) < batch:
-            return exchanges, ratings
-        start = "(" + as_text(entries[-1][0])
+    async for _entry_id, entry in read_entries(redis, stream, batch=batch):
+        if isinstance(entry, TrafficExchange):
+            exchanges.append(entry)
+        elif isinstance(entry, Rating):
+            ratings.setdefault(entry.answer_id, set()).add(entry.rating)
+    return exchanges, ratings
 
 
 def build_dataset(
-    exchanges: list[dict],
+    exchanges: list[TrafficExchange],
     ratings: dict[str, set[str]],
     *,
     min_examples: int,
@@ -90,18 +83,18 @@ def build_dataset(
     best: dict[str, tuple[tuple[int, int, int], Example]] = {}
     bad = 0
     for exchange in exchanges:
-        prompt = single_turn(exchange.get("messages"))
+        prompt = single_turn(exchange)
         taught = teacher_answer(exchange)
         if prompt is None or taught is None:
             continue
-        rated = ratings.get(exchange.get("answer_id", ""), set())
+        rated = ratings.get(exchange.answer_id, set())
         if "bad" in rated:
             bad += 1
             continue
         rating = "good" if "good" in rated else ""
         answer, teacher = taught
         # Preference: good feedback, then a cloud teacher, then the newest.
-        rank = (rating == "good", not teacher.startswith("council"), int(exchange.get("ts_ms", 0)))
+        rank = (rating == "good", not teacher.startswith("council"), exchange.ts_ms)
         key = normalise(prompt)
         if key not in best or rank >= best[key][0]:
             best[key] = (rank, Example(prompt, answer.strip(), teacher, rating))

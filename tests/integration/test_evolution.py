@@ -9,18 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from router_svc.traffic import Exchange, TrafficLog
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from spiral_common.config import settings_env
-from tests.helpers import wait_until
+from spiral_common.traffic import TrafficLog
+from tests.helpers import logged_exchange, wait_until
 from tests.test_distill import ANSWER, SECRET_PROMPTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_trainer_job]
@@ -36,11 +35,7 @@ def taught_traffic(platform):
         redis = aioredis.from_url(s.redis_url)
         traffic = TrafficLog(redis, prefix=s.redis_prefix, max_entries=s.traffic_log_max_entries)
         for prompt in SECRET_PROMPTS:
-            await traffic.append(
-                Exchange(answer_id=uuid.uuid4().hex, request_id=uuid.uuid4().hex, router_instance="main",
-                         model="spiral", messages=[{"role": "user", "content": prompt}], params={}, tier="cloud",
-                         answer=ANSWER, finish_reason="stop", teacher_answer=ANSWER, teacher="fake-cloud")
-            )  # fmt: skip
+            await traffic.append(logged_exchange(prompt, ANSWER))
         await redis.aclose()
 
     asyncio.run(log())

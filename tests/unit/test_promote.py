@@ -3,6 +3,7 @@
 import pytest
 
 from deploy.promote import PromotionPolicy, RouterStats, check_once, decide
+from spiral_common.enums import Track
 
 MAIN = RouterStats(requests=1000, error_ratio=0.01, p95_s=0.200, cloud_ratio=0.10, bad_feedback_ratio=0.05)
 POLICY = PromotionPolicy()
@@ -53,8 +54,8 @@ class FakePlatform:
     def adapter_versions(self):
         return self.versions
 
-    def reload(self, version, canary_only):
-        self.calls.append(("reload", version, canary_only))
+    def reload(self, version, tracks):
+        self.calls.append(("reload", version, tracks == (Track.CANARY,)))
 
     def set_canary_weight(self, percent):
         self.calls.append(("weight", percent))

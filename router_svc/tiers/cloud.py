@@ -1,0 +1,62 @@
+"""The cloud tier: a paid provider answers when local fell short, under the per-request cap and the daily
+pool (the cost guard is `router_svc.cloud.CloudFallback`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from router_svc.cloud import Attempt, CloudFallback
+from router_svc.metrics import RouterMetrics
+from router_svc.tiers.base import CascadeRequest, Pass, TierResult, TraceStep
+from spiral_common.enums import Outcome, Tier
+from spiral_common.errors import BudgetExceeded, Unavailable
+
+
+class CloudTier:
+    tier = Tier.CLOUD
+
+    def __init__(self, cloud: CloudFallback, metrics: RouterMetrics) -> None:
+        self.cloud = cloud
+        self.metrics = metrics
+
+    def _steps(self, attempts: list[Attempt]) -> tuple[TraceStep, ...]:
+        for attempt in attempts:
+            self.metrics.cloud_calls.labels(attempt.provider, attempt.outcome).inc()
+        return tuple(
+            TraceStep(Tier.CLOUD, Outcome.from_label(a.outcome), a.latency_us, f"{a.provider} {a.detail}".strip())
+            for a in attempts
+        )
+
+    async def _publish_budget(self) -> None:
+        status = await self.cloud.ledger.status()
+        self.metrics.budget_spent.set(status.spent_usd_micros / 1e6)
+        self.metrics.budget_reserved.set(status.reserved_usd_micros / 1e6)
+
+    async def answer(self, request: CascadeRequest) -> AsyncIterator[str | TierResult | Pass]:
+        attempts: list[Attempt] = []
+        try:
+            cloud = await self.cloud.answer(request.chat, attempts)
+        except BudgetExceeded as exc:
+            self._steps(attempts)  # counted; the refusal itself is the cascade's to trace
+            await self._publish_budget()
+            self.metrics.budget_refusals.labels(exc.subject).inc()
+            raise
+        except Unavailable as exc:
+            steps = self._steps(attempts)
+            outcome = Outcome.FAILED if attempts else Outcome.SKIPPED
+            yield Pass(outcome, exc.reason, reason=exc.reason, message=exc.message, steps=steps)
+            return
+        await self._publish_budget()
+        self.metrics.cloud_spend.inc(cloud.cost_usd_micros / 1e6)
+        reply = cloud.reply
+        yield TierResult(
+            Tier.CLOUD,
+            reply.text,
+            reply.finish_reason,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            request.adapter_version,
+            teacher=cloud.provider,
+            cost_usd_micros=cloud.cost_usd_micros,
+            steps=self._steps(attempts),
+        )

@@ -1,0 +1,56 @@
+"""The council tier: the specialist heads answer in parallel and vote; an answer below the threshold is not
+vouched for, so it is kept only as the request's fallback (served if no later tier answers, never taught)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from router_svc.council import Candidate, Council
+from router_svc.metrics import RouterMetrics
+from router_svc.tiers.base import CascadeRequest, Pass, TierResult
+from spiral_common.enums import Outcome, Tier
+
+
+def _result(
+    tier: Tier, winner: Candidate, detail: str, candidates: tuple[Candidate, ...], teacher: str = ""
+) -> TierResult:
+    return TierResult(
+        tier,
+        winner.text,
+        winner.finish_reason,
+        winner.prompt_tokens,
+        winner.completion_tokens,
+        winner.adapter_version,
+        detail=detail,
+        teacher=teacher,
+        cacheable=tier is Tier.COUNCIL,  # a fallback is served once, never stored
+        candidates=candidates,
+    )
+
+
+class CouncilTier:
+    tier = Tier.COUNCIL
+
+    def __init__(self, council: Council, metrics: RouterMetrics) -> None:
+        self.council = council
+        self.metrics = metrics
+
+    async def answer(self, request: CascadeRequest) -> AsyncIterator[str | TierResult | Pass]:
+        if not self.council.members:
+            yield Pass(Outcome.SKIPPED, "no council heads configured", reason="NO_COUNCIL")
+            return
+        result = await self.council.run(request.chat, request.request_id)
+        candidates = tuple(result.candidates)
+        winner = result.winner
+        if winner is None:
+            yield Pass(Outcome.FAILED, "no head answered", reason="NO_HEAD_ANSWERED", candidates=candidates)
+            return
+        self.metrics.council_agreement.observe(winner.agreement)
+        if result.accepted:
+            yield _result(
+                Tier.COUNCIL, winner, f"{winner.head} ({winner.score:.2f})", candidates, f"council:{winner.head}"
+            )
+            return
+        detail = f"best {winner.head} {winner.score:.2f} < {result.threshold}"
+        request.fallback = _result(Tier.LOCAL_FALLBACK, winner, detail, candidates)
+        yield Pass(Outcome.FAILED, detail, reason="BELOW_THRESHOLD", candidates=candidates)

@@ -1,0 +1,231 @@
+"""The traffic log: every answered exchange, and every rating of one, in a bounded Redis stream.
+
+The routers write it; the miner and the trainer read it. This module is the one writer and the one reader:
+an exchange is a `spiral.traffic.v1.TrafficExchange` message, serialised under the entry's field
+`exchange_pb` (with `kind` = "exchange" and `answer_id` beside it, for readers that only look); a rating is
+its own entry (`kind` = "feedback") naming the answer it rates, so the stream stays append-only. Entries
+written before the message existed carry a JSON object under `exchange`; `exchange_from_json` reads them
+(the one migration path), as `schema_version` 0.
+
+Which exchanges teach is decided once, by the router when it writes (`teaches`), from the tier that
+answered: see `spiral_common.enums.TEACHING_TIERS`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from redis.asyncio import Redis
+
+from spiral.common.v1 import chat_pb2
+from spiral.traffic.v1 import traffic_pb2
+from spiral_common.enums import TEACHING_TIERS, Tier, Track
+from spiral_common.errors import InvalidArgument, NotFound
+from spiral_common.redis_values import as_bytes, as_text
+
+SCHEMA_VERSION = 1
+ANSWER_INDEX_TTL_S = 7 * 24 * 3600  # feedback is accepted for a week after the answer
+READ_BATCH = 1000
+RATINGS = ("good", "bad")
+
+_FINISH = {
+    "stop": chat_pb2.FINISH_REASON_STOP,
+    "length": chat_pb2.FINISH_REASON_LENGTH,
+    "cancelled": chat_pb2.FINISH_REASON_CANCELLED,
+}
+_ROLE = {"system": chat_pb2.ROLE_SYSTEM, "user": chat_pb2.ROLE_USER, "assistant": chat_pb2.ROLE_ASSISTANT}
+
+
+def teaches(tier: Tier, finish_reason: int) -> bool:
+    """Whether an answer may teach: a teaching tier's answer that ended naturally (a truncated one would
+    teach truncation)."""
+    return tier in TEACHING_TIERS and finish_reason == chat_pb2.FINISH_REASON_STOP
+
+
+def exchange_from_json(doc: dict[str, Any]) -> traffic_pb2.TrafficExchange:
+    """An exchange logged as JSON (before the message existed) as the message, schema_version 0.
+
+    Old entries said a tier as a word and kept the cloud's answer in `teacher_answer`; they taught when they
+    had a teacher answer or came from the council, and ended with "stop". That rule is kept for them (it
+    cannot tell a below-threshold council answer from an accepted one: the old log did not record it).
+    """
+    tier_word = str(doc.get("tier", ""))
+    tier = Tier[tier_word.upper()] if tier_word.upper() in Tier.__members__ else None
+    finish = _FINISH.get(str(doc.get("finish_reason", "stop")), chat_pb2.FINISH_REASON_UNSPECIFIED)
+    answer = str(doc.get("answer", ""))
+    teacher_answer = str(doc.get("teacher_answer", ""))
+    old_teaches = finish == chat_pb2.FINISH_REASON_STOP and bool(teacher_answer or (tier is Tier.COUNCIL and answer))
+    instance = str(doc.get("router_instance", ""))
+    exchange = traffic_pb2.TrafficExchange(
+        schema_version=0,
+        answer_id=str(doc.get("answer_id", "")),
+        request_id=str(doc.get("request_id", "")),
+        track=Track[instance.upper()].proto if instance.upper() in Track.__members__ else None,
+        model=str(doc.get("model", "")),
+        tier=tier.proto if tier else None,
+        answer=teacher_answer or answer,
+        finish_reason=finish,
+        teaches=old_teaches,
+        teacher=str(doc.get("teacher") or ("cloud" if teacher_answer else "council" if old_teaches else "")),
+        cost_usd_micros=int(doc.get("cost_usd_micros", 0) or 0),
+        adapter_version=str(doc.get("adapter_version", "")),
+        ts_ms=int(doc.get("ts_ms", 0) or 0),
+        pattern_id=str(doc.get("pattern_id", "")),
+    )
+    for m in doc.get("messages") or []:
+        if isinstance(m, dict):
+            role = _ROLE.get(str(m.get("role", "")), chat_pb2.ROLE_UNSPECIFIED)
+            exchange.messages.append(chat_pb2.ChatMessage(role=role, content=str(m.get("content", ""))))
+    latencies = doc.get("latencies_us") or {}
+    if isinstance(latencies, dict):
+        for key, value in latencies.items():
+            if isinstance(value, int | float):
+                exchange.latencies_us[str(key)] = int(value)
+    params = doc.get("params") or {}
+    if isinstance(params, dict):
+        for key in ("max_tokens", "seed"):
+            if isinstance(params.get(key), int):
+                setattr(exchange.params, key, params[key])
+        for key in ("temperature", "top_p"):
+            if isinstance(params.get(key), int | float):
+                setattr(exchange.params, key, float(params[key]))
+        if isinstance(params.get("stop"), list):
+            exchange.params.stop.extend(str(s) for s in params["stop"])
+    return exchange
+
+
+def single_turn(exchange: traffic_pb2.TrafficExchange) -> str | None:
+    """The user's text when the exchange is one user turn (after optional system turns), else None."""
+    turns = [m for m in exchange.messages if m.role != chat_pb2.ROLE_SYSTEM]
+    if len(turns) != 1 or turns[0].role != chat_pb2.ROLE_USER or not turns[0].content.strip():
+        return None
+    return turns[0].content.strip()
+
+
+def teacher_answer(exchange: traffic_pb2.TrafficExchange) -> tuple[str, str] | None:
+    """(answer, teacher) when the exchange teaches, else None. The miner and the trainer learn from exactly
+    these."""
+    if not exchange.teaches or exchange.finish_reason != chat_pb2.FINISH_REASON_STOP or not exchange.answer:
+        return None
+    return exchange.answer, exchange.teacher or "cloud"
+
+
+@dataclass(frozen=True)
+class Rating:
+    """A rating entry: `rating` is "good" or "bad"."""
+
+    answer_id: str
+    rating: str
+    comment: str = ""
+    ts_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """An entry that could not be read (unknown kind, unparseable payload); counted, never fatal."""
+
+    why: str
+
+
+Entry = traffic_pb2.TrafficExchange | Rating | Damaged
+
+
+def decode_entry(raw: Any) -> Entry:
+    """One stream entry's fields (as redis-py returns them) as an exchange, a rating or Damaged."""
+    fields = {as_text(k): as_bytes(v) for k, v in (raw or {}).items()}
+    kind = fields.get("kind", b"").decode(errors="replace")
+    if kind == "feedback":
+        answer_id = fields.get("answer_id", b"").decode(errors="replace")
+        rating = fields.get("rating", b"").decode(errors="replace")
+        if not answer_id or rating not in RATINGS:
+            return Damaged("feedback without an answer id or a known rating")
+        ts = fields.get("ts_ms", b"0").decode(errors="replace")
+        comment = fields.get("comment", b"").decode(errors="replace")
+        return Rating(answer_id, rating, comment, int(ts) if ts.isdigit() else 0)
+    if kind != "exchange":
+        return Damaged(f"unknown kind {kind!r}")
+    if "exchange_pb" in fields:
+        exchange = traffic_pb2.TrafficExchange()
+        try:
+            exchange.ParseFromString(fields["exchange_pb"])
+        except DecodeError:
+            return Damaged("exchange_pb does not parse")
+        return exchange
+    try:
+        doc = json.loads(fields["exchange"])
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        return exchange_from_json(doc)
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        return Damaged("exchange JSON does not parse")
+
+
+async def read_entries(
+    redis: Redis, stream: str, *, after: str = "", batch: int = READ_BATCH
+) -> AsyncIterator[tuple[str, Entry]]:
+    """Every entry after the stream id `after` ("" for the start), oldest first, with its id."""
+    last = after
+    while True:
+        entries = await redis.xrange(stream, min=f"({last}" if last else "-", max="+", count=batch) or []
+        for entry_id, raw in entries:
+            last = as_text(entry_id)
+            yield last, decode_entry(raw)
+        if len(entries) < batch:
+            return
+
+
+class TrafficLog:
+    """The routers' side: append exchanges and ratings; the answer index says which track gave an answer."""
+
+    def __init__(self, redis: Redis, *, prefix: str, max_entries: int) -> None:
+        self.redis = redis
+        self.stream = stream_key(prefix)
+        self.index_prefix = f"{prefix}answer:"
+        self.max_entries = max_entries
+
+    async def append(self, exchange: traffic_pb2.TrafficExchange) -> None:
+        exchange.schema_version = SCHEMA_VERSION
+        exchange.ts_ms = exchange.ts_ms or int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                self.stream,
+                {"kind": "exchange", "answer_id": exchange.answer_id, "exchange_pb": exchange.SerializeToString()},
+                maxlen=self.max_entries,
+                approximate=True,
+            )
+            track = Track(exchange.track).label if exchange.track else Track.MAIN.label
+            pipe.set(self.index_prefix + exchange.answer_id, track, ex=ANSWER_INDEX_TTL_S)
+            await pipe.execute()
+
+    async def feedback(self, answer_id: str, rating: str, comment: str) -> str:
+        """Record a rating; returns the track that gave the answer (for the canary's numbers)."""
+        if rating not in RATINGS:
+            raise InvalidArgument("rating must be good or bad", reason="INVALID_RATING", field="rating")
+        if len(comment) > 2000:
+            raise InvalidArgument("comment is over 2,000 characters", reason="COMMENT_TOO_LONG", field="comment")
+        answered_by = await self.redis.get(self.index_prefix + answer_id) if answer_id else None
+        if answered_by is None:
+            raise NotFound(f"no answer {answer_id!r} in the traffic log", reason="ANSWER_NOT_FOUND", field="answer_id")
+        await self.redis.xadd(
+            self.stream,
+            {
+                "kind": "feedback",
+                "answer_id": answer_id,
+                "rating": rating,
+                "comment": comment,
+                "ts_ms": str(int(time.time() * 1000)),
+            },
+            maxlen=self.max_entries,
+            approximate=True,
+        )
+        return as_text(answered_by)
+
+
+def stream_key(prefix: str) -> str:
+    """The traffic log's Redis key under a key prefix."""
+    return f"{prefix}traffic"

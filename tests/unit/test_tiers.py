@@ -1,0 +1,160 @@
+"""The cascade's seams: the tier enums match the contracts, old traffic entries still read, and a tier is
+one small object the cascade asks in order (tested here with fakes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from router_svc.cascade import Answer, Cascade
+from router_svc.metrics import RouterMetrics
+from router_svc.tiers.base import CascadeRequest, Pass, TierResult
+from spiral.common.v1 import track_pb2
+from spiral.router.v1 import router_pb2
+from spiral.traffic.v1.traffic_pb2 import TrafficExchange
+from spiral_common.chat import GenerationParams, Limits, Message, validate_chat
+from spiral_common.enums import Outcome, Tier, Track, tracks_to_switch
+from spiral_common.errors import InvalidArgument, Unavailable
+from spiral_common.traffic import Damaged, Rating, decode_entry, single_turn, teacher_answer
+
+
+def test_the_enums_are_exactly_the_contracts_values():
+    assert {t.value for t in Tier} == set(router_pb2.Tier.values()) - {router_pb2.TIER_UNSPECIFIED}
+    assert {o.value for o in Outcome} == set(router_pb2.TierOutcome.values()) - {router_pb2.TIER_OUTCOME_UNSPECIFIED}
+    assert {t.value for t in Track} == set(track_pb2.Track.values()) - {track_pb2.TRACK_UNSPECIFIED}
+    for tier in Tier:
+        assert router_pb2.Tier.Name(tier.proto) == f"TIER_{tier.name}" and Tier.from_label(tier.label) is tier
+
+
+def test_a_switch_takes_the_canary_or_both_tracks_never_main_alone():
+    assert tracks_to_switch(0) == (Track.MAIN, Track.CANARY)
+    assert tracks_to_switch(Track.CANARY) == (Track.CANARY,)
+    assert tracks_to_switch(0, legacy_canary_only=True) == (Track.CANARY,)
+    with pytest.raises(InvalidArgument):
+        tracks_to_switch(Track.MAIN)
+
+
+def _old_json(**fields) -> dict:
+    doc = {
+        "answer_id": "a1", "request_id": "r1", "router_instance": "canary", "model": "spiral",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": " Hi there "}],
+        "params": {"max_tokens": 16, "temperature": 0.5, "stop": ["\n"]}, "tier": "cloud", "answer": "Hello!",
+        "finish_reason": "stop", "teacher_answer": "Hello!", "teacher": "mistral", "cost_usd_micros": 28,
+        "latencies_us": {"cache": 100, "total": 900}, "adapter_version": "", "ts_ms": 5, "pattern_id": "",
+    }  # fmt: skip
+    return doc | fields
+
+
+def test_an_exchange_logged_as_json_before_the_message_existed_still_reads():
+    entry = decode_entry({b"kind": b"exchange", b"answer_id": b"a1", b"exchange": json.dumps(_old_json()).encode()})
+    assert isinstance(entry, TrafficExchange) and entry.schema_version == 0
+    assert (entry.tier, entry.track, entry.teacher, entry.cost_usd_micros) == (Tier.CLOUD, Track.CANARY, "mistral", 28)
+    assert (entry.params.max_tokens, list(entry.params.stop), entry.latencies_us["total"]) == (16, ["\n"], 900)
+    assert single_turn(entry) == "Hi there" and teacher_answer(entry) == ("Hello!", "mistral")
+    old_council = _old_json(tier="council", teacher_answer="", teacher="council:precise")
+    council = decode_entry({b"kind": b"exchange", b"exchange": json.dumps(old_council)})
+    assert teacher_answer(council) == ("Hello!", "council:precise")
+    for tier in ("head", "cache", "pattern"):
+        old = decode_entry({b"kind": b"exchange", b"exchange": json.dumps(_old_json(tier=tier, teacher_answer=""))})
+        assert teacher_answer(old) is None, tier
+    truncated = decode_entry({b"kind": b"exchange", b"exchange": json.dumps(_old_json(finish_reason="length"))})
+    assert teacher_answer(truncated) is None
+
+
+def test_damaged_entries_and_ratings_are_told_apart():
+    assert isinstance(decode_entry({b"kind": b"exchange", b"exchange": b"{nope"}), Damaged)
+    assert isinstance(decode_entry({b"kind": b"exchange", b"exchange_pb": b"\xff\xff"}), Damaged)
+    assert isinstance(decode_entry({b"kind": b"other"}), Damaged)
+    assert decode_entry({b"kind": b"feedback", b"answer_id": b"a1", b"rating": b"bad"}) == Rating("a1", "bad")
+
+
+class FakeTier:
+    def __init__(self, tier: Tier, verdict: TierResult | Pass | None, pieces: tuple[str, ...] = ()) -> None:
+        self.tier, self.verdict, self.pieces, self.asked = tier, verdict, pieces, 0
+
+    async def answer(self, request: CascadeRequest):
+        self.asked += 1
+        for piece in self.pieces:
+            yield piece
+        if self.verdict is not None:
+            yield self.verdict
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.appended: list[TrafficExchange] = []
+
+    async def append(self, exchange: TrafficExchange) -> None:
+        self.appended.append(exchange)
+
+
+class FakeCache:
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def put(self, key, answer) -> None:
+        self.stored.append(key)
+
+
+def _cascade(*tiers) -> tuple[Cascade, FakeLog, FakeCache]:
+    log, cache = FakeLog(), FakeCache()
+    metrics = RouterMetrics(CollectorRegistry())
+    return Cascade(track=Track.CANARY, tiers=tiers, cache=cache, traffic=log, metrics=metrics), log, cache  # type: ignore[arg-type]
+
+
+def _chat():
+    return validate_chat([Message("user", "hi")], GenerationParams(), Limits(1000, 64, 16, 0.7), model="")
+
+
+async def test_the_first_tier_with_a_result_answers_and_the_rest_are_not_asked():
+    miss = FakeTier(Tier.CACHE, Pass(Outcome.MISSED))
+    hit = FakeTier(Tier.PATTERN, TierResult(Tier.PATTERN, "Hello.", "stop", detail="greeting", cacheable=False))
+    never = FakeTier(Tier.CLOUD, None)
+    cascade, log, cache = _cascade(miss, hit, never)
+    items = [item async for item in cascade.stream(_chat(), "req-1")]
+    assert items[0] == "Hello." and isinstance(items[-1], Answer) and never.asked == 0
+    trace = items[-1].trace
+    assert [(s.tier, s.outcome) for s in trace.steps] == [
+        (Tier.CACHE, Outcome.MISSED),
+        (Tier.PATTERN, Outcome.ANSWERED),
+    ]
+    assert trace.tier is Tier.PATTERN and trace.track is Track.CANARY and cache.stored == []
+    (logged,) = log.appended
+    assert (logged.tier, logged.track, logged.teaches, logged.request_id) == (
+        Tier.PATTERN,
+        Track.CANARY,
+        False,
+        "req-1",
+    )
+
+
+async def test_a_streaming_tier_s_pieces_pass_through_and_are_not_repeated():
+    head = FakeTier(Tier.HEAD, TierResult(Tier.HEAD, "a b", "stop", streamed=True), pieces=("a ", "b"))
+    cascade, log, _ = _cascade(head)
+    items = [item async for item in cascade.stream(_chat(), "r")]
+    assert items[:2] == ["a ", "b"] and len(items) == 3 and not log.appended[0].teaches
+
+
+async def test_a_fallback_is_served_only_when_no_later_tier_answers_and_never_teaches():
+    class FallbackTier(FakeTier):
+        async def answer(self, request):
+            request.fallback = TierResult(Tier.LOCAL_FALLBACK, "maybe", "stop", cacheable=False)
+            yield Pass(Outcome.FAILED, "below threshold")
+
+    cascade, log, _ = _cascade(FallbackTier(Tier.COUNCIL, None), FakeTier(Tier.CLOUD, Pass(Outcome.SKIPPED, "x")))
+    answer = await cascade.answer(_chat(), "r")
+    assert (answer.text, answer.trace.tier, log.appended[0].teaches) == ("maybe", Tier.LOCAL_FALLBACK, False)
+    cloud = FakeTier(Tier.CLOUD, TierResult(Tier.CLOUD, "sure", "stop", teacher="p"))
+    cascade, log, _ = _cascade(FallbackTier(Tier.COUNCIL, None), cloud)
+    assert (await cascade.answer(_chat(), "r")).trace.tier is Tier.CLOUD and log.appended[0].teaches
+
+
+async def test_when_every_tier_passes_the_request_fails_with_the_reasons():
+    cascade, log, _ = _cascade(
+        FakeTier(Tier.CACHE, Pass(Outcome.MISSED)), FakeTier(Tier.CLOUD, Pass(Outcome.SKIPPED, message="no cloud"))
+    )
+    with pytest.raises(Unavailable) as caught:
+        await cascade.answer(_chat(), "r")
+    assert caught.value.reason == "NO_TIER_ANSWERED" and "no cloud" in caught.value.message and not log.appended
