@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from spiral_common import errors
@@ -78,3 +82,33 @@ def domain_error_response(exc: errors.SpiralError, request_id: str) -> JSONRespo
         status_code=status,
         headers={"x-request-id": request_id},
     )
+
+
+# The app's exception handlers: every error, whatever raised it, answers with the same JSON body.
+
+
+async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        reason, field, message = "MALFORMED_JSON", "", f"the body is not valid JSON: {first.get('msg', '')}"
+    else:
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc).replace(".[", "[")
+        reason, message = "INVALID_FIELD", f"{field or 'body'}: {first.get('msg', 'invalid')}"
+    metadata = {"field": field} if field else {}
+    return JSONResponse(error_body(400, message, reason, metadata, request.state.request_id), status_code=400)
+
+
+async def domain_error(request: Request, exc: errors.SpiralError) -> JSONResponse:
+    return domain_error_response(exc, request.state.request_id)
+
+
+async def rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+    return rpc_error_response(exc, request.state.request_id)
+
+
+EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
+    RequestValidationError: bad_request,
+    errors.SpiralError: domain_error,
+    grpc.aio.AioRpcError: rpc_error,
+}

@@ -1,0 +1,93 @@
+"""What the routes share: the settings, the metrics registry and the gRPC stubs to Envoy, in one object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import grpc
+from fastapi import Depends, FastAPI, Request
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from gateway.metrics import GatewayMetrics
+from spiral.router.v1 import admin_pb2_grpc, router_pb2_grpc
+from spiral_common.config import Settings
+from spiral_common.logs import REQUEST_ID_HEADER
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The stubs the routes call, all on one channel to Envoy's ingress."""
+
+    channel: grpc.aio.Channel
+    router: router_pb2_grpc.RouterServiceStub
+    admin: admin_pb2_grpc.AdminServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    @classmethod
+    def connect(cls, address: str) -> Upstream:
+        channel = grpc.aio.insecure_channel(address)
+        return cls(
+            channel=channel,
+            router=router_pb2_grpc.RouterServiceStub(channel),
+            admin=admin_pb2_grpc.AdminServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+
+
+@dataclass
+class GatewayState:
+    """One per app, kept on `app.state.gateway`; the routes reach it through the dependencies below."""
+
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: GatewayMetrics
+    _upstream: Upstream | None = field(default=None, init=False)
+
+    @property
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            raise RuntimeError("the gateway's lifespan has not started: there is no channel to Envoy yet")
+        return self._upstream
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """The app's lifespan: the channel is opened here because a grpc.aio channel belongs to the running loop."""
+        upstream = Upstream.connect(self.settings.envoy_ingress_address)
+        self._upstream = upstream
+        yield
+        await upstream.channel.close()
+
+
+# FastAPI dependencies. They are `async def` on purpose: a plain `def` dependency runs in the thread pool,
+# a thread hop on every request.
+Metadata = tuple[tuple[str, str], ...]
+
+
+async def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+async def upstream(request: Request) -> Upstream:
+    return (await gateway_state(request)).upstream
+
+
+async def call_metadata(request: Request) -> Metadata:
+    """The gRPC metadata of every call: the request id, so that the logs of every hop carry it."""
+    return ((REQUEST_ID_HEADER, request.state.request_id),)
+
+
+async def admin_metadata(request: Request) -> Metadata:
+    # The bearer token is passed on as it came; the router checks it (in constant time) and logs
+    # refusals without it.
+    return (*(await call_metadata(request)), ("authorization", request.headers.get("authorization", "")))
+
+
+State = Annotated[GatewayState, Depends(gateway_state)]
+Stubs = Annotated[Upstream, Depends(upstream)]
+CallMetadata = Annotated[Metadata, Depends(call_metadata)]
+AdminMetadata = Annotated[Metadata, Depends(admin_metadata)]
