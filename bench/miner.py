@@ -114,14 +114,14 @@ def run(data: Path, seed: int, latency_queries: int, cache: Path | None = None) 
     mine_s = time.perf_counter() - started
 
     # Cluster quality: label each training prompt with its cluster as mined (per polarity, as the miner does).
-    from miner_svc.mining import _cluster
+    from miner_svc.phases import cluster_prompts
 
     negated = np.array([is_negated(r["text"]) for r in train])
     labels = np.full(len(train), -1)
     offset = 0
     for polarity in (False, True):
         idx = np.flatnonzero(negated == polarity)
-        sub = _cluster(train_vectors[idx], config.min_cluster_size)
+        sub = cluster_prompts(train_vectors[idx], config.min_cluster_size)
         labels[idx] = np.where(sub >= 0, sub + offset, -1)
         offset += int(sub.max()) + 1 if len(sub) else 0
     purity, ari, clustered = purity_and_ari(labels, [r["category"] for r in train])

@@ -1,7 +1,12 @@
 """The prompt miner's core: new traffic -> embeddings -> clusters -> patterns, versioned and published to Redis.
 
-`Miner.mine()` is what both the Mine RPC and the job queue's mine job call. `mine_patterns()` is the pure
-step (no I/O) that the benchmark runs on a labelled data set.
+`Miner.mine()` is what both the Mine RPC and the job queue's mine job call: it reads the window of traffic,
+embeds it and publishes what `mine_patterns()` gives. `mine_patterns()` is the pure step (no I/O) that the
+benchmark runs on a labelled data set, a pipeline of phases (`phases.py`, `calibration.py`): keep alive the
+earlier patterns the window still matches -> cluster each polarity and group every cluster by answer ->
+merge each group with the earlier patterns (refresh, supersede or add) -> absorb the stragglers that a
+pattern teaching their answer claims -> keep what is left as counter-evidence -> retire on bad feedback or
+age -> assemble the set -> calibrate its confidence on the window, leave-one-out.
 
 Which answer teaches a pattern: one the router marked as teaching (`spiral_common.traffic.teacher_answer`):
 the cloud's, or a council answer the vote accepted. Answers from the cache, the pattern tier itself, a lone
@@ -18,27 +23,29 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from redis.asyncio import Redis
 
+from miner_svc.calibration import calibrate
+from miner_svc.phases import (
+    Draft,
+    Window,
+    absorb_stragglers,
+    answer_groups,
+    assemble,
+    keep_alive,
+    merge_group,
+    retire_failing,
+    straggler_groups,
+)
 from spiral.traffic.v1.traffic_pb2 import TrafficExchange
 from spiral_common.embedding import MODEL_NAME
 from spiral_common.enums import Tier
 from spiral_common.errors import FailedPrecondition
-from spiral_common.pattern_set import (
-    Calibration,
-    Pattern,
-    PatternIndex,
-    PatternSet,
-    PatternStore,
-    answer_codes,
-    answer_key,
-    is_negated,
-    vote,
-)
+from spiral_common.pattern_set import Calibration, PatternSet, PatternStore
 from spiral_common.redis_values import as_text
 from spiral_common.traffic import Damaged, Rating, read_entries, single_turn, teacher_answer
 
@@ -46,9 +53,6 @@ log = logging.getLogger(__name__)
 
 ANSWER_PATTERN_TTL_S = 7 * 24 * 3600  # feedback is accepted for a week after the answer
 READ_BATCH = 1000
-BRUTE_FORCE_LIMIT = 3000
-REDUCED_DIMENSIONS = 32
-MIN_SAMPLES = 2  # HDBSCAN's density smoothing: 2 keeps clusters small and pure (purity 0.92 vs 0.58 at 5)
 
 
 class Embedder(Protocol):
@@ -102,317 +106,31 @@ class MiningInput:
     ratings: dict[str, tuple[int, int]] = field(default_factory=dict)  # pattern id -> (good, bad), all time
 
 
-def _cluster(vectors: np.ndarray, min_cluster_size: int) -> np.ndarray:
-    """HDBSCAN labels (-1: noise) over unit vectors; euclidean on unit vectors orders like cosine.
-
-    Up to BRUTE_FORCE_LIMIT prompts, exact pairwise distances (fast, quadratic memory); above, a 32-component
-    PCA and a k-d tree (in 384 dimensions a tree is ten times slower than brute force; in 32 it is fast, and
-    cluster purity on banking77 is the same).
-    """
-    if len(vectors) < max(min_cluster_size, 2):
-        return np.full(len(vectors), -1)
-    from sklearn.cluster import HDBSCAN
-
-    data = vectors.astype(np.float64)
-    algorithm = "brute"
-    if len(vectors) > BRUTE_FORCE_LIMIT:
-        from sklearn.decomposition import PCA
-
-        data = PCA(REDUCED_DIMENSIONS, random_state=0).fit_transform(data)
-        data /= np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
-        algorithm = "kd_tree"
-    options = dict(min_cluster_size=min_cluster_size, min_samples=MIN_SAMPLES, algorithm=algorithm, copy=True)
-    labels = HDBSCAN(**options).fit_predict(data)
-    if labels.max() < 0:  # HDBSCAN never returns its root as a cluster unless asked: one dense group alone
-        labels = HDBSCAN(**options, allow_single_cluster=True).fit_predict(data)
-    return labels
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-
-def _spread(vectors: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of at most `limit` rows that cover the cluster (farthest-point sampling from the centroid)."""
-    if len(vectors) <= limit:
-        return np.arange(len(vectors))
-    chosen = [int(np.argmax(vectors @ _unit(vectors.mean(0))))]
-    nearest = vectors @ vectors[chosen[0]]
-    while len(chosen) < limit:
-        nxt = int(np.argmin(nearest))
-        chosen.append(nxt)
-        nearest = np.maximum(nearest, vectors @ vectors[nxt])
-    return np.asarray(chosen)
-
-
 def mine_patterns(
     data: MiningInput, existing: PatternSet, config: MinerConfig, now_ms: int
 ) -> tuple[PatternSet, MineSummary]:
     """One mining step, pure CPU: the new pattern set (version unset) and what changed."""
-    summary = MineSummary(prompts_read=len(data.examples))
-    patterns = [replace(p) for p in existing.patterns]
-    vectors = [existing.vectors]
-    owners = [existing.owners]
-    sources = [np.full(len(existing.owners), -1)]  # the window example each vector came from (-1: earlier)
-    keys = [answer_key(e.answer) for e in data.examples]
-    negated = np.array([is_negated(e.prompt) for e in data.examples], dtype=bool)
-
-    # Existing patterns that still match the new traffic stay alive.
-    if len(existing.active()) and len(data.examples):
-        index = PatternIndex(existing)
-        for vector, neg in zip(data.vectors, negated, strict=True):
-            match = index.match(vector, bool(neg))
-            if match and match.confidence >= config.threshold:
-                match.pattern.last_matched_ms = now_ms  # index shares the existing set: copy below
-        for old, new in zip(existing.patterns, patterns, strict=True):
-            new.last_matched_ms = max(new.last_matched_ms, old.last_matched_ms)
-    for pattern in patterns:
-        if data.hits.get(pattern.pattern_id):
-            pattern.last_matched_ms = now_ms
-
-    carried = existing.centroids  # one row per pattern of earlier runs: new groups merge into or supersede them
-
-    def add_group(chosen: np.ndarray, polarity: bool, answering: bool, agreement: float) -> None:
-        """Make prompts that share an answer a pattern, or fold them into the live one they sit on."""
-        key = keys[chosen[0]]
-        centroid = _unit(data.vectors[chosen].mean(0))
-        near = chosen[np.argsort(-(data.vectors[chosen] @ centroid))]
-        exemplars = list(dict.fromkeys(data.examples[i].prompt for i in near))[:5]
-        answer = Counter(data.examples[i].answer for i in chosen).most_common(1)[0][0]
-        target = None
-        close = np.flatnonzero(carried @ centroid >= config.merge_similarity) if len(carried) else np.array([], int)
-        for i in close:
-            old = patterns[int(i)]
-            if old.retired or old.negated != polarity or old.answering != answering:
-                continue
-            if answer_key(old.answer) == key:
-                target = int(i)
-            elif answering:  # the traffic now teaches another answer here
-                old.retired, old.retired_reason = True, "superseded"
-                summary.patterns_retired += 1
-        if target is None:
-            patterns.append(
-                Pattern(
-                    pattern_id=uuid.uuid4().hex[:12],
-                    answer=answer,
-                    exemplars=exemplars,
-                    size=len(chosen),
-                    agreement=round(agreement, 4),
-                    negated=polarity,
-                    created_ms=now_ms,
-                    last_matched_ms=now_ms,
-                    answering=answering,
-                )
-            )
-            target = len(patterns) - 1
-            summary.patterns_new += answering
-        else:
-            old = patterns[target]
-            total = old.size + len(chosen)
-            old.agreement = round((old.agreement * old.size + agreement * len(chosen)) / total, 4)
-            old.size, old.last_matched_ms, old.answer = total, now_ms, answer
-            old.exemplars = list(dict.fromkeys(exemplars + old.exemplars))[:5]
-        take = chosen[_spread(data.vectors[chosen], config.max_vectors_per_pattern)]
-        vectors.append(data.vectors[take])
-        owners.append(np.full(len(take), target, dtype=np.int32))
-        sources.append(take)
-
-    for polarity in (False, True):
-        rows = np.flatnonzero(negated == polarity)
-        labels = _cluster(data.vectors[rows], config.min_cluster_size)
-        for label in sorted(set(labels.tolist()) - {-1}):
-            members = rows[labels == label]
-            summary.clusters += 1
-            counts = Counter(keys[i] for i in members)
-            top_key, agreeing = counts.most_common(1)[0]
-            agreement = agreeing / len(members)
-            dense = len(members) >= config.min_cluster_size and agreement >= config.min_agreement
-            # The answering pattern, and counter-evidence for every other answer the cluster holds.
-            for key in counts:
-                chosen = np.asarray([i for i in members if keys[i] == key])
-                add_group(chosen, polarity, dense and key == top_key, counts[key] / len(members))
-
-    stragglers = _absorb(data, keys, negated, patterns, vectors, owners, sources, config)
-    for polarity in (False, True):  # what no pattern explains is counter-evidence, grouped by answer
-        by_key: dict[str, list[int]] = {}
-        for i in stragglers:
-            if negated[i] == polarity:
-                by_key.setdefault(keys[i], []).append(int(i))
-        for members in by_key.values():
-            add_group(np.asarray(members), polarity, False, 0.0)
-
-    for pattern in patterns:
-        if pattern.retired:
-            continue
-        good, bad = data.ratings.get(pattern.pattern_id, (0, 0))
-        if pattern.answering and bad >= config.retire_bad_ratings and bad >= config.retire_bad_share * (good + bad):
-            pattern.retired, pattern.retired_reason = True, "bad_feedback"
-        elif now_ms - pattern.last_matched_ms > config.pattern_ttl_s * 1000:
-            pattern.retired, pattern.retired_reason = True, "stale"
-        else:
-            continue
-        summary.patterns_retired += pattern.answering
-
-    all_vectors = np.concatenate(vectors).astype(np.float32)
-    all_owners = np.concatenate(owners).astype(np.int32)
-    all_sources = np.concatenate(sources)
-    # Retired counter-evidence is dropped (nobody lists it); retired patterns stay, listed, without vectors.
-    # Each pattern's vectors are capped (a refreshed pattern gathers new ones every run), centroids recomputed.
-    kept_patterns = [i for i, p in enumerate(patterns) if p.answering or not p.retired]
-    keep = np.zeros(len(all_owners), dtype=bool)
-    renumber = np.full(len(patterns), -1, dtype=np.int32)
-    new_centroids = np.zeros((len(kept_patterns), all_vectors.shape[1]), np.float32)
-    for new_index, i in enumerate(kept_patterns):
-        renumber[i] = new_index
-        rows = np.flatnonzero(all_owners == i)
-        if not len(rows):
-            continue
-        new_centroids[new_index] = _unit(all_vectors[rows].mean(0))
-        if patterns[i].retired:
-            continue
-        rows = rows[_spread(all_vectors[rows], config.max_vectors_per_pattern)]
-        keep[rows] = True
-        new_centroids[new_index] = _unit(all_vectors[rows].mean(0))
-    result = PatternSet(
-        version=0,
-        patterns=[patterns[i] for i in kept_patterns],
-        centroids=new_centroids,
-        vectors=all_vectors[keep],
-        owners=renumber[all_owners[keep]],
-        calibration=existing.calibration,
-        model=MODEL_NAME,
-        mined_ms=now_ms,
+    window = Window.of(data.examples, data.vectors)
+    draft = Draft.of(existing)
+    keep_alive(draft, existing, window, data.hits, config.threshold, now_ms)
+    groups, clusters = answer_groups(window, config)
+    for group in groups:
+        merge_group(draft, window, group, config, now_ms)
+    stragglers = absorb_stragglers(draft, window, config.absorb_similarity)
+    for group in straggler_groups(window, stragglers):
+        merge_group(draft, window, group, config, now_ms)
+    retire_failing(draft, data.ratings, config, now_ms)
+    result, sources = assemble(draft, existing.calibration, MODEL_NAME, config.max_vectors_per_pattern, now_ms)
+    result.calibration = calibrate(result, window, sources, config)
+    summary = MineSummary(
+        prompts_read=len(data.examples),
+        clusters=clusters,
+        patterns_published=len(result.active()),
+        patterns_new=draft.new,
+        patterns_retired=draft.retired,
+        calibration=result.calibration,
     )
-    result.calibration = calibrate(result, data, negated, all_sources[keep], config)
-    summary.calibration = result.calibration
-    summary.patterns_published = len(result.active())
     return result, summary
-
-
-def _absorb(
-    data: MiningInput,
-    keys: list[str],
-    negated: np.ndarray,
-    patterns: list[Pattern],
-    vectors: list[np.ndarray],
-    owners: list[np.ndarray],
-    sources: list[np.ndarray],
-    config: MinerConfig,
-) -> np.ndarray:
-    """Give each prompt outside the patterns' clusters to the pattern its neighbours vote for, when that
-    pattern's answer is its own teacher answer: HDBSCAN leaves a third of the prompts as noise, and the
-    pattern's region should cover its consistent stragglers too (appends to vectors/owners/sources).
-    Returns the prompts left over."""
-    taken = set(np.concatenate(sources).tolist())
-    rest = np.asarray([i for i in range(len(data.examples)) if i not in taken], dtype=int)
-    matrix = np.concatenate(vectors).astype(np.float32)
-    row_owner = np.concatenate(owners)
-    live = np.array([not patterns[o].retired for o in row_owner], dtype=bool)
-    answering = np.array([patterns[o].answering for o in row_owner], dtype=bool)
-    if not len(rest) or not live.any():
-        return rest
-    codes = answer_codes([answer_key(patterns[o].answer) for o in row_owner])
-    row_negated = np.array([patterns[o].negated for o in row_owner], dtype=bool)
-    chosen_rows, chosen_owners = [], []
-    for i, all_sims in zip(rest, _similarities(data.vectors[rest], matrix), strict=True):
-        sims = np.where(live & (row_negated == negated[i]), all_sims, -np.inf)
-        result = vote(sims, codes, answering)
-        if result is None:
-            continue
-        best, (share, top, _) = result
-        owner = int(row_owner[best])
-        if answer_key(patterns[owner].answer) == keys[i] and share >= 0.5 and top >= config.absorb_similarity:
-            chosen_rows.append(i)
-            chosen_owners.append(owner)
-    if chosen_rows:
-        vectors.append(data.vectors[chosen_rows])
-        owners.append(np.asarray(chosen_owners, dtype=np.int32))
-        sources.append(np.asarray(chosen_rows))
-        for owner in chosen_owners:
-            patterns[owner].size += 1
-    return np.setdiff1d(rest, np.asarray(chosen_rows, dtype=int))
-
-
-def _similarities(queries: np.ndarray, matrix: np.ndarray, chunk: int = 512):
-    """Rows of queries @ matrix.T, computed a chunk of queries at a time (one matrix product per chunk)."""
-    for start in range(0, len(queries), chunk):
-        yield from queries[start : start + chunk] @ matrix.T
-
-
-def vote_features(
-    patterns: PatternSet,
-    vectors: np.ndarray,
-    negated: np.ndarray,
-    vector_sources: np.ndarray | None = None,
-    query_sources: np.ndarray | None = None,
-) -> tuple[np.ndarray, list[str | None]]:
-    """For each query vector: the vote's features and the winning answer key, by exhaustive search over the
-    live patterns' vectors. A query never sees the vectors whose source (`vector_sources`, one per vector of
-    the set) is its own (`query_sources`): leave-one-out."""
-    active = np.array([not p.retired for p in patterns.patterns], dtype=bool)
-    rows = np.flatnonzero(active[patterns.owners]) if len(patterns.owners) else np.zeros(0, int)
-    owner_keys = [answer_key(patterns.patterns[o].answer) for o in patterns.owners[rows]]
-    codes = answer_codes(owner_keys)
-    names = {int(c): k for c, k in zip(codes, owner_keys, strict=True)}
-    row_negated = np.array([patterns.patterns[o].negated for o in patterns.owners[rows]], dtype=bool)
-    row_answering = np.array([patterns.patterns[o].answering for o in patterns.owners[rows]], dtype=bool)
-    matrix = patterns.vectors[rows]
-    row_sources = vector_sources[rows] if vector_sources is not None else None
-    features = np.zeros((len(vectors), 3))
-    winners: list[str | None] = []
-    for q, sims in enumerate(_similarities(vectors, matrix)):
-        blocked = row_negated != negated[q]
-        if row_sources is not None and query_sources is not None:
-            blocked |= row_sources == query_sources[q]
-        result = vote(np.where(blocked, -np.inf, sims), codes, row_answering) if len(rows) else None
-        if result is None:
-            winners.append(None)
-            continue
-        best, features[q] = result[0], result[1]
-        winners.append(names[int(codes[best])])
-    return features, winners
-
-
-def calibrate(
-    patterns: PatternSet, data: MiningInput, negated: np.ndarray, sources: np.ndarray, config: MinerConfig
-) -> Calibration:
-    """Fit confidence on the window's prompts, each matched without its own vectors (leave-one-out)."""
-    n = len(data.examples)
-    if not n or not len(patterns.active()):
-        return patterns.calibration
-    rng = np.random.default_rng(config.seed)
-    sample = rng.permutation(n)[: config.calibration_samples]
-    features, winners = vote_features(patterns, data.vectors[sample], negated[sample], sources, sample)
-    answered = np.array([w is not None for w in winners])
-    correct = np.array([w == answer_key(data.examples[i].answer) for w, i in zip(winners, sample, strict=True)])
-    return fit_calibration(features[answered], correct[answered], config.target_precision, patterns.calibration)
-
-
-def fit_calibration(
-    features: np.ndarray, correct: np.ndarray, target_precision: float, previous: Calibration
-) -> Calibration:
-    """Logistic fit of correctness on the features, shifted so that 0.5 sits where the precision of every
-    answer above it reaches the target. Too few or one-sided samples keep the previous calibration."""
-    if len(correct) < 50 or correct.all() or not correct.any():
-        return previous
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(C=10.0, max_iter=1000).fit(features, correct)
-    weights = model.coef_[0]
-    scores = features @ weights + model.intercept_[0]
-    order = np.argsort(-scores)
-    precision = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    good = np.flatnonzero(precision >= target_precision)
-    if not len(good) or weights[1] <= 0:
-        return previous
-    cut = int(good[-1])
-    return Calibration(
-        weights=(float(weights[0]), float(weights[1]), float(weights[2])),
-        bias=float(model.intercept_[0] - scores[order][cut]),
-        fitted_on=len(correct),
-        precision_at_threshold=round(float(precision[cut]), 4),
-        coverage_at_threshold=round((cut + 1) / len(correct), 4),
-    )
 
 
 class Miner:
