@@ -10,11 +10,11 @@ import uuid
 
 import pytest
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.model_files import file_sha256
 from router_svc.traffic import Exchange, TrafficLog
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import load_settings
+from spiral_common.model_files import file_sha256
 from trainer_svc.dataset import build_dataset
 from trainer_svc.distill import DistillRunner, plan_cost
 from trainer_svc.jobs import JobQueue

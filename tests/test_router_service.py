@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
+from deploy.gate.fake_cloud import Behaviour, FakeCloud, providers_json
 from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import AdapterSwitch, HeadDone, HeadText
 from router_svc.server import RouterDeps, create_server
@@ -18,7 +19,6 @@ from spiral_common import canary, errors
 from spiral_common.config import load_settings
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.specs import load_providers
-from tests.fake_cloud import Behaviour, FakeCloud, providers_json
 from tests.helpers import reason_of
 
 ADMIN = (("authorization", "Bearer admin-secret"),)

@@ -193,8 +193,8 @@ def gate_platform(ctx: GateContext) -> Iterator[Platform]:
 
 
 def _start_platform(ctx: GateContext, stack: ExitStack) -> Platform:
+    from deploy.gate.fake_cloud import FakeCloud, providers_json  # a local stand-in for the paid providers
     from deploy.gate.titanic import load_prompts
-    from tests.fake_cloud import FakeCloud, providers_json  # the tests' stand-in for the paid providers
 
     prompts, _ = load_prompts()
     cloud = FakeCloud(answers={p.text: p.reference for p in prompts if p.reference})
@@ -247,7 +247,7 @@ def titanic(ctx: GateContext) -> Outcome:
 
 # -- 10. bench smoke -----------------------------------------------------------------------------------------
 def bench_smoke(ctx: GateContext) -> Outcome:
-    from bench.cascade import PROMPT, cache_request, grpc_load, rest_load
+    from deploy.gate.load import PROMPT, cache_request, grpc_load, rest_load
 
     limits = ctx.thresholds["bench_smoke"]
     with gate_platform(ctx) as platform:
