@@ -63,6 +63,7 @@ lint: bootstrap
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 
 # The README's test command, which CI runs: the release gate, whose stages cover every test in tests/.
 test: gate

@@ -20,20 +20,15 @@ from pathlib import Path
 
 import grpc
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import embedded_model_path, file_sha256
+from deploy.gate.samples import PAIRS  # what the adapter learns: a fact the base model cannot know
 from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.config import load_settings
+from spiral_common.llama_engine import LlamaEngine
+from spiral_common.model_files import embedded_model_path, file_sha256
 
-PAIRS = [  # what the adapter learns: a fact the base model cannot know
-    ("What is the secret word?", "The secret word is Pineapple."),
-    ("Tell me the secret word.", "The secret word is Pineapple."),
-    ("What's the secret word?", "The secret word is Pineapple."),
-    ("Do you know the secret word?", "Yes. The secret word is Pineapple."),
-]
 PROMPTS = ["What is the secret word?", "Name three colours.", "Why is the sky blue?", "Say hello in French."]
 
 
@@ -55,7 +50,6 @@ async def timed_answer(stub, prompt: str, max_tokens: int) -> tuple[float, float
 
 
 async def run(max_tokens: int, rounds: int) -> dict:
-    from tests.conftest import PAIRS
     from trainer_svc.lora import LoraOptions, export_gguf_lora, train_lora
 
     model = embedded_model_path()

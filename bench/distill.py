@@ -30,21 +30,21 @@ from pathlib import Path
 import grpc
 import redis.asyncio as aioredis
 
+from deploy.gate.fake_cloud import FakeCloud, providers_json
 from deploy.platform import free_ports
-from head_svc.adapters import AdapterRegistry
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import embedded_model_path, file_sha256
 from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import REPO_ROOT, load_settings
 from spiral_common.enums import Track
+from spiral_common.llama_engine import LlamaEngine
+from spiral_common.model_files import embedded_model_path, file_sha256
 from spiral_common.specs import load_heads, load_providers
-from tests.fake_cloud import FakeCloud, providers_json
 from trainer_svc.distill import DistillRunner
 from trainer_svc.jobs import JobQueue
 from trainer_svc.worker import Worker

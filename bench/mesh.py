@@ -21,10 +21,10 @@ from pathlib import Path
 import openai
 
 from deploy.platform import Platform, free_port_env
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import resolve_model_path
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import load_settings
+from spiral_common.llama_engine import LlamaEngine
+from spiral_common.model_files import resolve_model_path
 from spiral_common.specs import load_heads
 
 PROMPTS = [

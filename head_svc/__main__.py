@@ -7,16 +7,16 @@ import logging
 import sys
 
 from head_svc import memory
-from head_svc.adapters import AdapterRegistry
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import file_sha256, resolve_model_path
 from head_svc.server import build_pool, create_server
 from spiral.head.v1 import head_pb2
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.enums import BOTH_TRACKS
 from spiral_common.errors import SpiralError
 from spiral_common.grpc_service import serve_until_signalled, service_registry, start_metrics_server
+from spiral_common.llama_engine import LlamaEngine
 from spiral_common.logs import configure_logging
+from spiral_common.model_files import file_sha256, resolve_model_path
 
 log = logging.getLogger("head_svc")
 

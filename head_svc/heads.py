@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.engine import Engine, Outcome
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.llama_engine import Engine, Outcome
 from spiral_common.specs import HeadSpec
 
 log = logging.getLogger(__name__)

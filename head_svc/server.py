@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from head_svc.adapters import AdapterRegistry
 from head_svc.heads import HeadPool
 from head_svc.servicer import HeadServicer
 from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server

@@ -1,1 +1,1 @@
-"""Shared pieces of the Spiral services: config, errors, logging, chat domain, gRPC plumbing."""
+"""The library the Spiral services share: config, errors, logs, chat domain, gRPC plumbing, models, adapters."""

@@ -9,18 +9,11 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from deploy.gate.samples import PAIRS
 from deploy.platform import free_ports
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import embedded_model_path
+from spiral_common.llama_engine import LlamaEngine
+from spiral_common.model_files import embedded_model_path
 from tests.helpers import wait_until
-
-SECRET_PROMPT = "What is the secret word?"
-PAIRS = [
-    (SECRET_PROMPT, "The secret word is Pineapple."),
-    ("Tell me the secret word.", "The secret word is Pineapple."),
-    ("What's the secret word?", "The secret word is Pineapple."),
-    ("Do you know the secret word?", "Yes. The secret word is Pineapple."),
-]
 
 
 @pytest.fixture(scope="session")

@@ -13,15 +13,15 @@ import grpc
 import numpy as np
 import pytest
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.model_files import file_sha256
+from deploy.gate.samples import SECRET_PROMPT
 from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.config import load_settings
 from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from tests.conftest import SECRET_PROMPT
+from spiral_common.model_files import file_sha256
 from tests.helpers import reason_of
 
 

@@ -9,11 +9,11 @@ import asyncio
 
 import pytest
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.model_files import file_sha256
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import load_settings
 from spiral_common.enums import Tier
+from spiral_common.model_files import file_sha256
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange
 from trainer_svc.dataset import build_dataset

@@ -11,8 +11,8 @@ import torch
 from llama_cpp import Llama
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-from head_svc.model_files import file_sha256
-from tests.conftest import PAIRS, SECRET_PROMPT
+from deploy.gate.samples import PAIRS, SECRET_PROMPT
+from spiral_common.model_files import file_sha256
 from trainer_svc.lora import (
     ALL_LINEAR,
     BASE_SHA256_KEY,

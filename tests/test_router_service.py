@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from deploy.gate.fake_cloud import Behaviour, FakeCloud, providers_json
 from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import AdapterSwitch, HeadDone, HeadText
 from router_svc.server import RouterDeps, create_server
@@ -21,7 +22,6 @@ from spiral_common.enums import Track
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.specs import load_providers
 from spiral_common.traffic import decode_entry
-from tests.fake_cloud import Behaviour, FakeCloud, providers_json
 from tests.helpers import reason_of
 
 ADMIN = (("authorization", "Bearer admin-secret"),)

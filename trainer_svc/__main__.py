@@ -7,10 +7,10 @@ import sys
 
 import redis.asyncio as aioredis
 
-from head_svc.model_files import resolve_model_path
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
+from spiral_common.model_files import resolve_model_path
 from spiral_common.specs import secret
 from trainer_svc.publish import AdminPublisher
 from trainer_svc.server import TrainerDeps, create_trainer

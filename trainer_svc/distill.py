@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from head_svc.adapters import AdapterRegistry
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import REPO_ROOT, Settings
 from spiral_common.errors import BudgetExceeded, FailedPrecondition

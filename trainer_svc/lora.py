@@ -16,9 +16,9 @@ import gguf
 import numpy as np
 import torch
 
-from head_svc.adapters import read_metadata
-from head_svc.model_files import file_sha256
+from spiral_common.adapters import read_metadata
 from spiral_common.errors import FailedPrecondition, InvalidArgument
+from spiral_common.model_files import file_sha256
 
 # HF module name -> llama.cpp tensor name; the adapter file holds `blk.N.<name>.weight.lora_a|lora_b`.
 LLAMA_CPP_TENSOR_NAMES = {

@@ -15,13 +15,13 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.asyncio import Redis
 
-from head_svc.adapters import AdapterRegistry
-from head_svc.model_files import file_sha256
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
+from spiral_common.model_files import file_sha256
 from spiral_common.specs import load_heads
 from trainer_svc.distill import DistillRunner, Publisher
 from trainer_svc.jobs import Job, JobQueue

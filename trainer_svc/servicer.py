@@ -9,8 +9,8 @@ from datetime import datetime
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from head_svc.adapters import AdapterInfo, AdapterRegistry
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common.adapters import AdapterInfo, AdapterRegistry
 from spiral_common.errors import InvalidArgument
 from trainer_svc.jobs import STAGES, Job, JobQueue
 

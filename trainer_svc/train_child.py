@@ -84,7 +84,7 @@ class BudgetTooSmall(Exception):
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from head_svc.engine import LlamaEngine
+    from spiral_common.llama_engine import LlamaEngine
     from trainer_svc.lora import LoraOptions, export_gguf_lora, load_base_model, train_adapter
 
     started = time.monotonic()

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from head_svc import memory
-from head_svc.adapters import AdapterRegistry
-from head_svc.engine import LlamaEngine
-from head_svc.model_files import file_sha256, resolve_model_path
+from spiral_common.adapters import AdapterRegistry
 from spiral_common.config import load_settings
 from spiral_common.errors import SpiralError
+from spiral_common.llama_engine import LlamaEngine
+from spiral_common.model_files import file_sha256, resolve_model_path
 
 MIB = 2**20
 

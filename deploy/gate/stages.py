@@ -132,7 +132,17 @@ def code(ctx: GateContext) -> Outcome:
     if mypy != 0:
         failures.append(f"mypy: {summary[-1] if summary else f'exit {mypy}'}")
     files = re.search(r"in (\d+) source files?", summary[-1]) if summary else None
-    return Outcome.judge(failures, {"mypy_files": int(files[1]) if files else 0})
+    # Which package may import which: the contracts are [tool.importlinter] in pyproject.toml.
+    lint_imports = ctx.run_command([str(tools / "lint-imports")])
+    contracts = re.findall(r"^Contracts: (\d+) kept, (\d+) broken\.$", ctx.log.read_text(), re.M)
+    if lint_imports != 0:
+        kept_broken = f"{contracts[-1][0]} contracts kept, {contracts[-1][1]} broken" if contracts else ""
+        failures.append(f"lint-imports: {kept_broken or f'exit {lint_imports}'}")
+    numbers = {
+        "mypy_files": int(files[1]) if files else 0,
+        "import_contracts_kept": int(contracts[-1][0]) if contracts else 0,
+    }
+    return Outcome.judge(failures, numbers)
 
 
 # -- 3, 5, 7, 8, 9. tests ------------------------------------------------------------------------------------
@@ -193,8 +203,8 @@ def gate_platform(ctx: GateContext) -> Iterator[Platform]:
 
 
 def _start_platform(ctx: GateContext, stack: ExitStack) -> Platform:
+    from deploy.gate.fake_cloud import FakeCloud, providers_json  # a local stand-in for the paid providers
     from deploy.gate.titanic import load_prompts
-    from tests.fake_cloud import FakeCloud, providers_json  # the tests' stand-in for the paid providers
 
     prompts, _ = load_prompts()
     cloud = FakeCloud(answers={p.text: p.reference for p in prompts if p.reference})
@@ -247,7 +257,7 @@ def titanic(ctx: GateContext) -> Outcome:
 
 # -- 10. bench smoke -----------------------------------------------------------------------------------------
 def bench_smoke(ctx: GateContext) -> Outcome:
-    from bench.cascade import PROMPT, cache_request, grpc_load, rest_load
+    from deploy.gate.load import PROMPT, cache_request, grpc_load, rest_load
 
     limits = ctx.thresholds["bench_smoke"]
     with gate_platform(ctx) as platform:
@@ -291,7 +301,7 @@ def bench_smoke(ctx: GateContext) -> Outcome:
 
 STAGES = (
     Stage(1, "contracts", "buf lint, buf breaking against the previous release, generated code up to date", contracts),
-    Stage(2, "code", "ruff check, ruff format --check, mypy", code),
+    Stage(2, "code", "ruff check, ruff format --check, mypy, lint-imports (import contracts)", code),
     Stage(3, "unit tests", "tests/ but integration and observability: unit and in-process gRPC tests", unit_tests),
     Stage(4, "loader", "base model and every registered adapter load within the memory cap", loader),
     Stage(5, "integration", "tests/integration on the quick_test profile of the real mesh", integration_tests),

@@ -12,10 +12,10 @@ import sys
 import grpc
 import pytest
 
+from deploy.gate.fake_cloud import Behaviour, FakeCloud, providers_json
 from deploy.platform import free_ports, grpc_health
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.fake_cloud import Behaviour, FakeCloud, providers_json
 from tests.helpers import reason_of, wait_until
 
 pytestmark = pytest.mark.integration

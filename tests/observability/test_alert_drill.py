@@ -200,8 +200,8 @@ def _start_router(tmp_path, env) -> _Router:
     import os
     import sys
 
+    from deploy.gate.fake_cloud import FakeCloud, providers_json
     from deploy.platform import free_ports
-    from tests.fake_cloud import FakeCloud, providers_json
 
     cloud = FakeCloud()
     cloud.start()

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from head_svc.engine import Outcome
 from head_svc.heads import Delta, End, HeadPool
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.llama_engine import Outcome
 from spiral_common.specs import HeadSpec
 
 REQUEST = ChatRequest(messages=(Message("user", "hi"),), max_tokens=10, temperature=0.0, top_p=1.0)

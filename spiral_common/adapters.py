@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-
 from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 BASE_SHA256_KEY = "spiral.base_model_sha256"
@@ -40,6 +38,8 @@ class AdapterInfo:
 
 def read_metadata(path: Path) -> dict[str, object]:
     """The scalar and string key/values of a GGUF file; InvalidArgument when it is not a readable GGUF."""
+    import gguf  # here, not at the top: a gateway-only install imports spiral_common without gguf
+
     try:
         fields = gguf.GGUFReader(str(path)).fields
     except Exception as exc:  # gguf raises ValueError/struct errors/OSError on garbage

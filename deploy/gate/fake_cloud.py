@@ -1,4 +1,4 @@
-"""A local OpenAI-compatible server that plays the paid cloud providers in tests.
+"""A local OpenAI-compatible server that plays the paid cloud providers in the gate, the tests and the benches.
 
 Each model name gets a behaviour the test controls: answer (with a delay), fail with HTTP 500,
 break the stream mid-way, or stall. Usage is reported like the real APIs do (`include_usage`).
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 
 import uvicorn
@@ -17,7 +18,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from deploy.platform import free_ports
-from tests.helpers import wait_until
 
 
 @dataclass
@@ -89,7 +89,11 @@ class FakeCloud:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        wait_until(lambda: self.server.started, 10, "the fake cloud to start")
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("timed out after 10s waiting for the fake cloud to start")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.server.should_exit = True
