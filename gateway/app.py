@@ -141,7 +141,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channel = grpc.aio.insecure_channel(settings.envoy_ingress_address)
+        channel = grpc.aio.insecure_channel(settings.envoy.envoy_addr)
         state["router"] = router_pb2_grpc.RouterServiceStub(channel)
         state["admin"] = admin_pb2_grpc.AdminServiceStub(channel)
         state["health"] = health_pb2_grpc.HealthStub(channel)
