@@ -62,7 +62,9 @@ async def run(max_tokens: int, rounds: int) -> dict:
     pool = build_pool(settings, registry)
     runtime = create_server(settings, pool, head_pb2.BaseModel(sha256=registry.base_model_sha256), port=0)
     await runtime.start()
-    await pool.load(lambda: LlamaEngine(model, context_tokens=settings.head_context_tokens, threads=0, gpu_layers=0))
+    await pool.load(
+        lambda: LlamaEngine(model, context_tokens=settings.head.head_context_tokens, threads=0, gpu_layers=0)
+    )
     await runtime.set_serving(True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as channel:
         stub = head_pb2_grpc.HeadServiceStub(channel)

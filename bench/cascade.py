@@ -50,11 +50,11 @@ def main() -> None:
     platform = Platform(settings)
     platform.start(timeout_s=120)
     try:
-        envoy = settings.envoy_ingress_address
+        envoy = settings.envoy.envoy_addr
         results = {
             "grpc_cache_hit_via_envoy": asyncio.run(grpc_load(envoy, cache_request, args.duration, args.concurrency)),
             "rest_cache_hit_via_gateway": rest_load(
-                f"http://{settings.host}:{settings.gateway_port}/v1/chat/completions", args.duration, 8
+                f"http://{settings.gateway.gateway_addr}/v1/chat/completions", args.duration, 8
             ),
             "grpc_pattern_via_envoy": asyncio.run(grpc_load(envoy, pattern_request, args.duration, args.concurrency)),
         }

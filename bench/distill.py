@@ -119,7 +119,7 @@ async def main(args: argparse.Namespace) -> dict:
     settings = load_settings(
         {
             "SPIRAL_RUN_DIR": str(work),
-            "SPIRAL_REDIS_PORT": str(redis_port),
+            "SPIRAL_REDIS_ADDR": f"127.0.0.1:{redis_port}",
             "SPIRAL_COUNCIL_HEADS": "",  # no local tier: the teacher answers every query
             "SPIRAL_CLOUD_PROVIDERS_FILE": str(providers),
             "SPIRAL_DAILY_POOL_USD_MICROS": "10000000",
@@ -135,14 +135,14 @@ async def main(args: argparse.Namespace) -> dict:
             "SPIRAL_DISTILL_EVAL_MAX_TOKENS": "16",
         }
     )
-    redis = aioredis.from_url(settings.redis_url)
+    redis = aioredis.from_url(settings.redis.redis_url)
     model_path = embedded_model_path()
-    system = load_heads(settings.heads_file)[0].system_prompt
+    system = load_heads(settings.head.heads_file)[0].system_prompt
     recipe = {k: v for k, v in vars(args).items() if k != "json"}
     report: dict = {"train_queries": len(asked), "heldout_queries": len(heldout), "recipe": recipe}
     try:
         # 1. The platform is asked; the teacher answers.
-        cloud_providers = load_providers(settings.cloud_providers_file)
+        cloud_providers = load_providers(settings.cloud.cloud_providers_file)
         client = OpenAICompatibleClient({p.name: "bench" for p in cloud_providers}, cloud_providers, timeout_s=30,
                                         stall_timeout_s=10)  # fmt: skip
         head_channel = grpc.aio.insecure_channel("127.0.0.1:1")  # the local tier is off: never called
@@ -162,12 +162,14 @@ async def main(args: argparse.Namespace) -> dict:
         print(f"accuracy before: {report['accuracy_before']:.3f}", flush=True)
 
         # 3. The nightly job, as the trainer runs it.
-        ledger = BudgetLedger(redis, prefix=settings.redis_prefix, pool_usd_micros=settings.daily_pool_usd_micros,
-                              reservation_ttl_s=settings.budget_reservation_ttl_s)  # fmt: skip
+        ledger = BudgetLedger(redis, prefix=settings.redis.redis_prefix,
+                              pool_usd_micros=settings.budget.daily_pool_usd_micros,
+                              reservation_ttl_s=settings.budget.budget_reservation_ttl_s)  # fmt: skip
         registry = AdapterRegistry(settings.adapters_path, file_sha256(model_path))
         runner = DistillRunner(settings, redis, ledger, registry, NoCanary(), model_path=model_path,
-                               system_prompts=[h.system_prompt for h in load_heads(settings.heads_file)])  # fmt: skip
-        queue = JobQueue(redis, prefix=settings.redis_prefix, consumer="bench", lease_s=60, max_attempts=1)
+                               system_prompts=[h.system_prompt
+                                               for h in load_heads(settings.head.heads_file)])  # fmt: skip
+        queue = JobQueue(redis, prefix=settings.redis.redis_prefix, consumer="bench", lease_s=60, max_attempts=1)
         worker = Worker(queue, {"distill": runner.run}, heartbeat_s=5)
         job, _ = await queue.submit("distill")
         started = time.monotonic()

@@ -109,13 +109,13 @@ def main() -> None:
     platform.start(timeout_s=120)
     try:
         engine = LlamaEngine(
-            resolve_model_path(settings.model_path),
-            context_tokens=settings.head_context_tokens,
-            threads=settings.head_threads,
-            gpu_layers=settings.head_gpu_layers,
+            resolve_model_path(settings.head.model_path),
+            context_tokens=settings.head.head_context_tokens,
+            threads=settings.head.head_threads,
+            gpu_layers=settings.head.head_gpu_layers,
         )
-        client = openai.OpenAI(base_url=f"http://{settings.host}:{settings.gateway_port}/v1", api_key="local")
-        system_prompt = load_heads(settings.heads_file)[0].system_prompt  # the "precise" head's
+        client = openai.OpenAI(base_url=f"http://{settings.gateway.gateway_addr}/v1", api_key="local")
+        system_prompt = load_heads(settings.head.heads_file)[0].system_prompt  # the "precise" head's
         seeds = iter(range(1, 1_000_000))
         for prompt in PROMPTS[:2]:  # warm both paths
             raw_sample(engine, system_prompt, prompt, 8)

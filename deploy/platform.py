@@ -23,27 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from supervisor.xmlrpc import SupervisorTransport
 
 from deploy.render import render_all
-from spiral_common.config import Settings
+from spiral_common.config import Address, Settings, address_settings, env_name
 
-PORT_SETTINGS = (
-    "redis_port",
-    "envoy_ingress_port",
-    "envoy_admin_port",
-    "gateway_port",
-    "router_main_port",
-    "router_canary_port",
-    "head_port",
-    "trainer_port",
-    "miner_port",
-    "router_main_metrics_port",
-    "router_canary_metrics_port",
-    "head_metrics_port",
-    "trainer_metrics_port",
-    "miner_metrics_port",
-    "prometheus_port",
-    "alertmanager_port",
-    "pushgateway_port",
-)
+# Every listener of a platform: (group in Settings, address field).
+ADDRESS_SETTINGS = address_settings()
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,10 +43,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def free_port_env() -> dict[str, str]:
-    """SPIRAL_*_PORT overrides putting every listener of a platform on a free port (tests, benchmarks)."""
+    """SPIRAL_*_ADDR overrides putting every listener of a platform on a free loopback port (tests, benchmarks)."""
     return {
-        f"SPIRAL_{name.upper()}": str(port)
-        for name, port in zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True)
+        env_name(name): f"127.0.0.1:{port}"
+        for (_, name), port in zip(ADDRESS_SETTINGS, free_ports(len(ADDRESS_SETTINGS)), strict=True)
     }
 
 
@@ -142,13 +125,16 @@ class Platform:
         return {p["name"]: p for p in infos}
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def addresses(self) -> dict[str, Address]:
+        """Every listener's address, by its variable (SPIRAL_HEAD_ADDR: 127.0.0.1:50061)."""
+        return {env_name(name): getattr(getattr(self.settings, group), name) for group, name in ADDRESS_SETTINGS}
+
     def _ports_in_use(self) -> list[str]:
         busy = []
-        for name in PORT_SETTINGS:
-            port = getattr(self.settings, name)
+        for variable, address in self.addresses().items():
             with socket.socket() as sock:
-                if port and sock.connect_ex((self.settings.host, port)) == 0:
-                    busy.append(f"SPIRAL_{name.upper()}={port}")
+                if address.port and sock.connect_ex((address.host, address.port)) == 0:
+                    busy.append(f"{variable}={address}")
         return busy
 
     def start(self, timeout_s: float = 180.0) -> None:
@@ -183,40 +169,47 @@ class Platform:
 
     def checks(self) -> list[Check]:
         s = self.settings
-        h = s.host
+        redis, admin = s.redis.redis_addr, s.envoy.envoy_admin_addr
+        gateway, observability = s.gateway.gateway_addr, s.observability
         return [
-            Check("redis", _redis_ping(h, s.redis_port), f"redis://{h}:{s.redis_port}"),
-            Check("head", grpc_health(f"{h}:{s.head_port}", "spiral.head.v1.HeadService"), f"{h}:{s.head_port}"),
+            Check("redis", _redis_ping(redis.host, redis.port), f"redis://{redis}"),
+            Check("head", grpc_health(s.head.head_addr, "spiral.head.v1.HeadService"), s.head.head_addr),
             Check(
                 "router-main",
-                grpc_health(f"{h}:{s.router_main_port}", "spiral.router.v1.RouterService"),
-                f"{h}:{s.router_main_port}",
+                grpc_health(s.router.router_main_addr, "spiral.router.v1.RouterService"),
+                s.router.router_main_addr,
             ),
             Check(
                 "router-canary",
-                grpc_health(f"{h}:{s.router_canary_port}", "spiral.router.v1.RouterService"),
-                f"{h}:{s.router_canary_port}",
+                grpc_health(s.router.router_canary_addr, "spiral.router.v1.RouterService"),
+                s.router.router_canary_addr,
             ),
             Check(
                 "trainer",
-                grpc_health(f"{h}:{s.trainer_port}", "spiral.trainer.v1.TrainerService"),
-                f"{h}:{s.trainer_port}",
+                grpc_health(s.trainer.trainer_addr, "spiral.trainer.v1.TrainerService"),
+                s.trainer.trainer_addr,
             ),
-            Check("miner", grpc_health(f"{h}:{s.miner_port}", "spiral.miner.v1.MinerService"), f"{h}:{s.miner_port}"),
+            Check("miner", grpc_health(s.miner.miner_addr, "spiral.miner.v1.MinerService"), s.miner.miner_addr),
             Check(
                 "envoy",
-                grpc_health(s.envoy_ingress_address, "spiral.router.v1.RouterService"),
-                f"{s.envoy_ingress_address} (admin http://127.0.0.1:{s.envoy_admin_port})",
+                grpc_health(s.envoy.envoy_addr, "spiral.router.v1.RouterService"),
+                f"{s.envoy.envoy_addr} (admin http://{admin})",
             ),
-            Check("gateway", _http_ok(f"http://{h}:{s.gateway_port}/healthz"), f"http://{h}:{s.gateway_port}"),
-            Check("prometheus", _http_ok(f"http://{h}:{s.prometheus_port}/-/ready"), f"http://{h}:{s.prometheus_port}"),
+            Check("gateway", _http_ok(f"http://{gateway}/healthz"), f"http://{gateway}"),
+            Check(
+                "prometheus",
+                _http_ok(f"http://{observability.prometheus_addr}/-/ready"),
+                f"http://{observability.prometheus_addr}",
+            ),
             Check(
                 "alertmanager",
-                _http_ok(f"http://{h}:{s.alertmanager_port}/-/ready"),
-                f"http://{h}:{s.alertmanager_port}",
+                _http_ok(f"http://{observability.alertmanager_addr}/-/ready"),
+                f"http://{observability.alertmanager_addr}",
             ),
             Check(
-                "pushgateway", _http_ok(f"http://{h}:{s.pushgateway_port}/-/ready"), f"http://{h}:{s.pushgateway_port}"
+                "pushgateway",
+                _http_ok(f"http://{observability.pushgateway_addr}/-/ready"),
+                f"http://{observability.pushgateway_addr}",
             ),
         ]
 

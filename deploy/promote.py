@@ -125,7 +125,7 @@ class GrpcPlatform:
     """The admin calls through Envoy, with the admin token."""
 
     def __init__(self, settings: Settings, token: str) -> None:
-        self.channel = grpc.insecure_channel(settings.envoy_ingress_address)
+        self.channel = grpc.insecure_channel(settings.envoy.envoy_addr)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.heads = head_pb2_grpc.HeadServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
@@ -177,10 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"promote: {exc}", file=sys.stderr)
         return 2
     configure_logging("promote", settings.log_level)
-    source = PrometheusSource(f"http://{settings.host}:{settings.prometheus_port}")
+    source = PrometheusSource(f"http://{settings.observability.prometheus_addr}")
     platform = GrpcPlatform(settings, secret("SPIRAL_ADMIN_TOKEN"))
     while True:
-        decision = check_once(source, platform, PromotionPolicy(), args.window, settings.canary_weight_percent)
+        decision = check_once(source, platform, PromotionPolicy(), args.window, settings.envoy.canary_weight_percent)
         print(f"{decision.action}: {'; '.join(decision.reasons)}")
         if not args.every:
             return 0

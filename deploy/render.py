@@ -6,6 +6,7 @@ Settings the services read, so every address is written in one place (the profil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import jinja2
 
 from spiral_common import canary
-from spiral_common.config import REPO_ROOT, Settings, load_settings, settings_env
+from spiral_common.config import REPO_ROOT, Address, Settings, load_settings, settings_env
 from spiral_common.specs import secret
 
 RULES_FILE = REPO_ROOT / "observability" / "rules" / "spiral.rules.yml"
@@ -27,6 +28,18 @@ _TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
 )
+
+
+def cluster_type(address: Address) -> str:
+    """Envoy's cluster type for an upstream: STATIC for an IP address, STRICT_DNS for a host name."""
+    try:
+        ipaddress.ip_address(address.host.strip("[]"))
+    except ValueError:
+        return "STRICT_DNS"
+    return "STATIC"
+
+
+_TEMPLATES.filters["cluster_type"] = cluster_type
 
 
 @dataclass(frozen=True)
@@ -46,15 +59,19 @@ def render_envoy(settings: Settings) -> str:
         router_service="spiral.router.v1.RouterService",
         runtime_prefix=canary.RUNTIME_PREFIX,
         weight=canary.current_weight(settings),
+        routers=[
+            ("router_main", settings.router.router_main_addr),
+            ("router_canary", settings.router.router_canary_addr),
+        ],
         direct_routes=[
             ("/spiral.head.v1.", "head"),
             ("/spiral.trainer.v1.", "trainer"),
             ("/spiral.miner.v1.", "miner"),
         ],
         clusters=[
-            ("head", settings.head_port),
-            ("trainer", settings.trainer_port),
-            ("miner", settings.miner_port),
+            ("head", settings.head.head_addr),
+            ("trainer", settings.trainer.trainer_addr),
+            ("miner", settings.miner.miner_addr),
         ],
     )
 
@@ -62,20 +79,19 @@ def render_envoy(settings: Settings) -> str:
 def render_prometheus(
     settings: Settings, *, scrape_interval: str = "15s", evaluation_interval: str = "15s", rules_file: Path = RULES_FILE
 ) -> str:
-    h = settings.host
     return _TEMPLATES.get_template("prometheus.yml.j2").render(
         s=settings,
         scrape_interval=scrape_interval,
         evaluation_interval=evaluation_interval,
         rules_file=rules_file,
         targets=[
-            ("spiral-gateway", f"{h}:{settings.gateway_port}", "/metrics"),
-            ("spiral-router-main", f"{h}:{settings.router_main_metrics_port}", "/metrics"),
-            ("spiral-router-canary", f"{h}:{settings.router_canary_metrics_port}", "/metrics"),
-            ("spiral-head", f"{h}:{settings.head_metrics_port}", "/metrics"),
-            ("spiral-trainer", f"{h}:{settings.trainer_metrics_port}", "/metrics"),
-            ("spiral-miner", f"{h}:{settings.miner_metrics_port}", "/metrics"),
-            ("spiral-envoy", f"127.0.0.1:{settings.envoy_admin_port}", "/stats/prometheus"),
+            ("spiral-gateway", settings.gateway.gateway_addr, "/metrics"),
+            ("spiral-router-main", settings.router.router_main_metrics_addr, "/metrics"),
+            ("spiral-router-canary", settings.router.router_canary_metrics_addr, "/metrics"),
+            ("spiral-head", settings.head.head_metrics_addr, "/metrics"),
+            ("spiral-trainer", settings.trainer.trainer_metrics_addr, "/metrics"),
+            ("spiral-miner", settings.miner.miner_metrics_addr, "/metrics"),
+            ("spiral-envoy", settings.envoy.envoy_admin_addr, "/stats/prometheus"),
         ],
     )
 
@@ -127,24 +143,26 @@ def _supervisor_env(values: dict[str, str]) -> str:
 def programs(settings: Settings, python: str) -> list[Program]:
     run = settings.run_path
     promoter = (
-        [Program("promoter", f"{python} -m deploy.promote --every {settings.promotion_interval_s}", 70)]
-        if settings.promotion_interval_s
+        [Program("promoter", f"{python} -m deploy.promote --every {settings.envoy.promotion_interval_s}", 70)]
+        if settings.envoy.promotion_interval_s
         else []
     )
     envoy = shutil.which("envoy", path=str(Path(python).parent)) or shutil.which("envoy") or "envoy"
     redis = shutil.which("redis-server") or "redis-server"
+    redis_addr = settings.redis.redis_addr
+    observability = settings.observability
     return [
         Program(
             "redis",
-            f"{redis} --bind {settings.host} --port {settings.redis_port} --dir {run}/redis "
+            f"{redis} --bind {redis_addr.host} --port {redis_addr.port} --dir {run}/redis "
             f"--appendonly yes --save '' --daemonize no --protected-mode yes "
             # Only keys with a TTL (cache entries) may be evicted; budget and queue keys have none.
-            f"--maxmemory {settings.redis_max_memory_mb}mb --maxmemory-policy volatile-lru",
+            f"--maxmemory {settings.redis.redis_max_memory_mb}mb --maxmemory-policy volatile-lru",
             10,
         ),
         Program("head", f"{python} -m head_svc", 20),
-        Program("router-main", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_ROUTER_INSTANCE": "main"})),
-        Program("router-canary", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_ROUTER_INSTANCE": "canary"})),
+        Program("router-main", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "main"})),
+        Program("router-canary", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "canary"})),
         Program("trainer", f"{python} -m trainer_svc", 30),
         Program("miner", f"{python} -m miner_svc", 30),
         Program(
@@ -157,7 +175,7 @@ def programs(settings: Settings, python: str) -> list[Program]:
         Program(
             "prometheus",
             f"{shutil.which('prometheus') or 'prometheus'} --config.file={run}/prometheus.yml "
-            f"--storage.tsdb.path={run}/prometheus --web.listen-address={settings.host}:{settings.prometheus_port} "
+            f"--storage.tsdb.path={run}/prometheus --web.listen-address={observability.prometheus_addr} "
             "--storage.tsdb.retention.time=15d --web.enable-lifecycle",
             60,
         ),
@@ -165,13 +183,13 @@ def programs(settings: Settings, python: str) -> list[Program]:
             "alertmanager",
             f"{shutil.which('prometheus-alertmanager') or 'prometheus-alertmanager'} "
             f"--config.file={run}/alertmanager.yml --storage.path={run}/alertmanager "
-            f"--web.listen-address={settings.host}:{settings.alertmanager_port} --cluster.listen-address=",
+            f"--web.listen-address={observability.alertmanager_addr} --cluster.listen-address=",
             60,
         ),
         Program(
             "pushgateway",
             f"{shutil.which('prometheus-pushgateway') or 'prometheus-pushgateway'} "
-            f"--web.listen-address={settings.host}:{settings.pushgateway_port}",
+            f"--web.listen-address={observability.pushgateway_addr}",
             60,
         ),
         *promoter,
@@ -182,7 +200,7 @@ def render_supervisord(settings: Settings, python: str, secrets_file: Path | Non
     env = settings_env(settings)
     if secrets_file is not None:
         env["SPIRAL_ENV_FILE"] = str(secrets_file)  # the path only: secrets never enter this file
-    env.pop("SPIRAL_ROUTER_INSTANCE")  # set per router program
+    env.pop("SPIRAL_TRACK")  # set per router program
     return _TEMPLATES.get_template("supervisord.conf.j2").render(
         s=settings,
         run=settings.run_path,

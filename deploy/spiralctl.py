@@ -29,7 +29,7 @@ def _canary(platform: Platform, percent: int | None) -> int:
     s = platform.settings
     token = secret("SPIRAL_ADMIN_TOKEN", {"SPIRAL_ENV_FILE": str(ensure_secrets_file(s)), **os.environ})
     metadata = (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(s.envoy_ingress_address) as channel:
+    with grpc.insecure_channel(s.envoy.envoy_addr) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         try:
             if percent is None:
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             platform.start(args.timeout)
             print(f"Spiral is up ({s.profile} profile):")
             _print_checks(platform)
-            print(f"\n  OpenAI-compatible API  http://{s.host}:{s.gateway_port}/v1   (OpenAPI: /docs)")
-            print(f"  gRPC ingress (Envoy)   {s.envoy_ingress_address}")
-            print(f"  Envoy admin            http://127.0.0.1:{s.envoy_admin_port}")
+            print(f"\n  OpenAI-compatible API  http://{s.gateway.gateway_addr}/v1   (OpenAPI: /docs)")
+            print(f"  gRPC ingress (Envoy)   {s.envoy.envoy_addr}")
+            print(f"  Envoy admin            http://{s.envoy.envoy_admin_addr}")
             print(f"  logs                   {platform.run / 'logs'}   (make logs)")
         elif args.command == "down":
             platform.stop()

@@ -1,4 +1,4 @@
-"""Runs the REST gateway: `python -m gateway` (uvicorn on SPIRAL_GATEWAY_PORT)."""
+"""Runs the REST gateway: `python -m gateway` (uvicorn on SPIRAL_GATEWAY_ADDR)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def main() -> None:
     configure_logging("gateway", settings.log_level)
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
-        port=settings.gateway_port,
+        host=settings.gateway.gateway_addr.host,
+        port=settings.gateway.gateway_addr.port,
         log_config=None,  # keep the JSON lines configured above
         access_log=False,  # requests are counted in /metrics; errors are logged
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),

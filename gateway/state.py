@@ -56,7 +56,7 @@ class GatewayState:
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The app's lifespan: the channel is opened here because a grpc.aio channel belongs to the running loop."""
-        upstream = Upstream.connect(self.settings.envoy_ingress_address)
+        upstream = Upstream.connect(self.settings.envoy.envoy_addr)
         self._upstream = upstream
         yield
         await upstream.channel.close()

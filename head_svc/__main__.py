@@ -24,12 +24,12 @@ log = logging.getLogger("head_svc")
 async def main() -> None:
     settings = load_settings()
     configure_logging("head", settings.log_level)
-    model_path = resolve_model_path(settings.model_path)
+    model_path = resolve_model_path(settings.head.model_path)
     base_model = head_pb2.BaseModel(
         path=str(model_path),
         sha256=file_sha256(model_path),
         size_bytes=model_path.stat().st_size,
-        context_tokens=settings.head_context_tokens,
+        context_tokens=settings.head.head_context_tokens,
     )
     registry = AdapterRegistry(settings.adapters_path, base_model.sha256)
     pool = build_pool(settings, registry)
@@ -37,16 +37,16 @@ async def main() -> None:
     plan = memory.plan(
         model_path,
         [info.path for info in (registry.resolve(v) for v in start_adapters) if info],
-        context_tokens=settings.head_context_tokens,
-        gpu_layers=settings.head_gpu_layers,
-        cpu_cap_mb=settings.head_memory_cap_mb,
-        gpu_cap_mb=settings.head_gpu_memory_cap_mb,
+        context_tokens=settings.head.head_context_tokens,
+        gpu_layers=settings.head.head_gpu_layers,
+        cpu_cap_mb=settings.head.head_memory_cap_mb,
+        gpu_cap_mb=settings.head.head_gpu_memory_cap_mb,
     )
     memory.check(plan)  # the loader refuses to start above the cap
     metrics = service_registry()
     memory.export_metrics(metrics, plan)
     runtime = create_server(settings, pool, base_model, metrics=metrics)
-    start_metrics_server(runtime.registry, settings.host, settings.head_metrics_port)
+    start_metrics_server(runtime.registry, settings.head.head_metrics_addr.host, settings.head.head_metrics_addr.port)
     await runtime.start()
     log.info(
         "loading model",
@@ -60,9 +60,9 @@ async def main() -> None:
     await pool.load(
         lambda: LlamaEngine(
             model_path,
-            context_tokens=settings.head_context_tokens,
-            threads=settings.head_threads,
-            gpu_layers=settings.head_gpu_layers,
+            context_tokens=settings.head.head_context_tokens,
+            threads=settings.head.head_threads,
+            gpu_layers=settings.head.head_gpu_layers,
         )
     )
     for spec in pool.heads.values():

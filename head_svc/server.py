@@ -18,9 +18,9 @@ SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 def build_pool(settings: Settings, registry: AdapterRegistry | None = None) -> HeadPool:
     return HeadPool(
-        load_heads(settings.heads_file),
-        settings.head_max_concurrent,
-        flush_interval_ms=settings.head_stream_flush_ms,
+        load_heads(settings.head.heads_file),
+        settings.head.head_max_concurrent,
+        flush_interval_ms=settings.head.head_stream_flush_ms,
         registry=registry,
     )
 
@@ -36,8 +36,8 @@ def create_server(
     servicer = HeadServicer(pool, limits_from(settings), base_model)
     return build_server(
         domain="head.spiral",
-        host=settings.host,
-        port=settings.head_port if port is None else port,
+        host=settings.head.head_addr.host,
+        port=settings.head.head_addr.port if port is None else port,
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server),
         registry=metrics,

@@ -18,10 +18,12 @@ async def main() -> None:
     settings = load_settings()
     configure_logging("miner", settings.log_level)
     single_threaded_blas()  # MatchPrompt; and mining shares the box with the routers and the heads
-    redis = aioredis.from_url(settings.redis_url)
-    encoder = SentenceEncoder(threads=settings.miner_embed_threads)
+    redis = aioredis.from_url(settings.redis.redis_url)
+    encoder = SentenceEncoder(threads=settings.miner.miner_embed_threads)
     runtime = create_server(settings, MinerDeps(redis=redis, encoder=encoder))
-    start_metrics_server(runtime.registry, settings.host, settings.miner_metrics_port)
+    start_metrics_server(
+        runtime.registry, settings.miner.miner_metrics_addr.host, settings.miner.miner_metrics_addr.port
+    )
     await runtime.start()
 
     async def close() -> None:

@@ -25,33 +25,33 @@ class MinerDeps:
 
 def miner_config(settings: Settings) -> MinerConfig:
     return MinerConfig(
-        min_cluster_size=settings.miner_min_cluster_size,
-        min_agreement=settings.miner_min_agreement,
-        target_precision=settings.miner_target_precision,
-        threshold=settings.pattern_threshold,
-        pattern_ttl_s=settings.miner_pattern_ttl_s,
-        max_prompts=settings.miner_max_prompts,
-        retire_bad_ratings=settings.miner_retire_bad_ratings,
-        retire_bad_share=settings.miner_retire_bad_share,
+        min_cluster_size=settings.miner.miner_min_cluster_size,
+        min_agreement=settings.miner.miner_min_agreement,
+        target_precision=settings.miner.miner_target_precision,
+        threshold=settings.router.pattern_threshold,
+        pattern_ttl_s=settings.miner.miner_pattern_ttl_s,
+        max_prompts=settings.miner.miner_max_prompts,
+        retire_bad_ratings=settings.miner.miner_retire_bad_ratings,
+        retire_bad_share=settings.miner.miner_retire_bad_share,
     )
 
 
 def build_miner(settings: Settings, deps: MinerDeps) -> Miner:
     """The mining run as the Mine RPC and the job queue's mine job both call it."""
-    return Miner(deps.redis, deps.encoder, prefix=settings.redis_prefix, config=miner_config(settings))
+    return Miner(deps.redis, deps.encoder, prefix=settings.redis.redis_prefix, config=miner_config(settings))
 
 
 def create_server(settings: Settings, deps: MinerDeps, *, port: int | None = None) -> ServiceRuntime:
     servicer = MinerServicer(
         build_miner(settings, deps),
-        PatternStore(deps.redis, prefix=settings.redis_prefix),
+        PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
         deps.encoder,
-        settings.pattern_threshold,
+        settings.router.pattern_threshold,
     )
     return build_server(
         domain="miner.spiral",
-        host=settings.host,
-        port=settings.miner_port if port is None else port,
+        host=settings.miner.miner_addr.host,
+        port=settings.miner.miner_addr.port if port is None else port,
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: miner_pb2_grpc.add_MinerServiceServicer_to_server(servicer, server),
     )

@@ -1,4 +1,4 @@
-"""Runs a router instance: `python -m router_svc` (SPIRAL_ROUTER_INSTANCE picks main or canary)."""
+"""Runs a router instance: `python -m router_svc` (SPIRAL_TRACK picks main or canary)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ log = logging.getLogger("router_svc")
 
 async def main() -> None:
     settings = load_settings()
-    configure_logging(f"router-{settings.router_instance}", settings.log_level)
+    configure_logging(f"router-{settings.router.track}", settings.log_level)
     single_threaded_blas()  # the pattern tier's matching: see the function
-    providers = load_providers(settings.cloud_providers_file)
+    providers = load_providers(settings.cloud.cloud_providers_file)
     keys = {p.name: secret(p.api_key_env) for p in providers}
     usable = [p for p in providers if keys[p.name]]
     for provider in providers:
@@ -34,19 +34,23 @@ async def main() -> None:
             log.warning(
                 "cloud provider disabled: %s is not set", provider.api_key_env, extra={"provider": provider.name}
             )
-    channel = grpc.aio.insecure_channel(settings.head_address)
-    redis = aioredis.from_url(settings.redis_url)
+    channel = grpc.aio.insecure_channel(settings.head.head_addr)
+    redis = aioredis.from_url(settings.redis.redis_url)
     deps = RouterDeps(
-        heads=GrpcHeadClient(channel, settings.head_deadline_s, track=Track.from_label(settings.router_instance)),
+        heads=GrpcHeadClient(channel, settings.router.head_deadline_s, track=Track.from_label(settings.router.track)),
         redis=redis,
         cloud_client=OpenAICompatibleClient(
-            keys, usable, timeout_s=settings.cloud_timeout_s, stall_timeout_s=settings.cloud_stall_timeout_s
+            keys, usable, timeout_s=settings.cloud.cloud_timeout_s, stall_timeout_s=settings.cloud.cloud_stall_timeout_s
         ),
         providers=usable,
         admin_token=secret("SPIRAL_ADMIN_TOKEN"),
     )
     runtime = create_server(settings, deps)
-    start_metrics_server(runtime.registry, settings.host, settings.router_metrics_port(settings.router_instance))
+    start_metrics_server(
+        runtime.registry,
+        settings.router.router_metrics_addr(settings.router.track).host,
+        settings.router.router_metrics_addr(settings.router.track).port,
+    )
     await runtime.start()
 
     async def close() -> None:

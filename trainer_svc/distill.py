@@ -80,12 +80,12 @@ def cost_of(seconds: float, usd_per_hour_micros: int) -> int:
 def plan_cost(requested_s: int, remaining_usd_micros: int, settings: Settings) -> CostPlan | None:
     """The time budget the run may use and what to reserve for it; None when the pool cannot pay for the
     minimum run (the job waits for the reset)."""
-    rate = settings.trainer_usd_per_hour_micros
+    rate = settings.trainer.trainer_usd_per_hour_micros
     if rate == 0:
         return CostPlan(requested_s, 0, False)
-    affordable = min(settings.distill_run_cap_usd_micros, remaining_usd_micros)
+    affordable = min(settings.trainer.distill_run_cap_usd_micros, remaining_usd_micros)
     affordable_s = int(affordable * 3600 / rate)
-    if affordable_s < settings.distill_min_run_s:
+    if affordable_s < settings.trainer.distill_min_run_s:
         return None
     budget = min(requested_s, affordable_s)
     return CostPlan(budget, cost_of(budget, rate), budget < requested_s)
@@ -123,14 +123,14 @@ class DistillRunner:
         s = self.settings
         started = time.monotonic()
         await progress(stage="dataset")
-        exchanges, ratings = await ds.read_traffic(self.redis, f"{s.redis_prefix}traffic")
+        exchanges, ratings = await ds.read_traffic(self.redis, f"{s.redis.redis_prefix}traffic")
         data = ds.build_dataset(
             exchanges,
             ratings,
-            min_examples=s.distill_min_examples,
-            max_examples=s.distill_max_examples,
-            heldout_fraction=s.distill_heldout_fraction,
-            max_heldout=s.distill_max_heldout,
+            min_examples=s.trainer.distill_min_examples,
+            max_examples=s.trainer.distill_max_examples,
+            heldout_fraction=s.trainer.distill_heldout_fraction,
+            max_heldout=s.trainer.distill_max_heldout,
         )
         log.info(
             "distillation dataset",
@@ -138,14 +138,15 @@ class DistillRunner:
                    "exchanges": data.exchanges_read, "left_out_bad_feedback": data.left_out_bad_feedback},
         )  # fmt: skip
 
-        requested = job.time_budget_s or s.distill_time_budget_s
+        requested = job.time_budget_s or s.trainer.distill_time_budget_s
         budget = await self.ledger.status()
         plan = plan_cost(requested, budget.remaining_usd_micros, s)
         if plan is None:
             raise Deferred(
                 budget.resets_at,
                 f"the daily pool has {budget.remaining_usd_micros} micro-USD left, less than a "
-                f"{s.distill_min_run_s} s run costs; waiting for the reset at {budget.resets_at:%Y-%m-%d %H:%M} UTC",
+                f"{s.trainer.distill_min_run_s} s run costs; "
+                f"waiting for the reset at {budget.resets_at:%Y-%m-%d %H:%M} UTC",
             )
         try:
             reservation = await self.ledger.reserve(
@@ -162,12 +163,13 @@ class DistillRunner:
             finally:
                 # Machine time was spent whatever the outcome (a cancelled job too): settled, shielded.
                 cost = min(
-                    cost_of(time.monotonic() - started, s.trainer_usd_per_hour_micros), reservation.amount_usd_micros
+                    cost_of(time.monotonic() - started, s.trainer.trainer_usd_per_hour_micros),
+                    reservation.amount_usd_micros,
                 )
                 await asyncio.shield(self.ledger.settle(reservation, cost))
 
             await progress(stage="publish")
-            better = result["eval_score_new"] > result["eval_score_current"] + s.distill_min_improvement
+            better = result["eval_score_new"] > result["eval_score_current"] + s.trainer.distill_min_improvement
             version, published = "", False
             if better:
                 version = f"distill-{datetime.now(UTC):%Y%m%d-%H%M%S}-{job.job_id[-8:]}"
@@ -211,33 +213,36 @@ class DistillRunner:
         work.mkdir(parents=True, exist_ok=True)
         current = await self.publisher.current_adapter()
         current_path = str(self.registry.info(current).path) if current not in ("", "none") else None
-        steps = min(s.distill_max_steps, max(1, math.ceil(s.distill_epochs * len(data.train) / s.distill_batch_size)))
+        steps = min(
+            s.trainer.distill_max_steps,
+            max(1, math.ceil(s.trainer.distill_epochs * len(data.train) / s.trainer.distill_batch_size)),
+        )
         spec = {
             "model_path": str(self.model_path),
             "train": [[e.prompt, e.answer] for e in data.train],
             "heldout": [[e.prompt, e.answer] for e in data.heldout],
             "system_prompts": self.system_prompts,
-            "quantization": s.distill_quantization,
-            "rank": s.distill_rank,
-            "alpha": s.distill_alpha,
-            "target_modules": target_modules(s.distill_target_modules),
-            "learning_rate": s.distill_learning_rate,
-            "batch_size": s.distill_batch_size,
-            "top_layers": s.distill_top_layers,
-            "lr_schedule": s.distill_lr_schedule,
+            "quantization": s.trainer.distill_quantization,
+            "rank": s.trainer.distill_rank,
+            "alpha": s.trainer.distill_alpha,
+            "target_modules": target_modules(s.trainer.distill_target_modules),
+            "learning_rate": s.trainer.distill_learning_rate,
+            "batch_size": s.trainer.distill_batch_size,
+            "top_layers": s.trainer.distill_top_layers,
+            "lr_schedule": s.trainer.distill_lr_schedule,
             "total_steps": steps,
             "time_budget_s": plan.time_budget_s,
             "eval_reserve_s": EXPORT_RESERVE_S + EVAL_SECONDS_PER_PROMPT * len(data.heldout),
-            "eval_max_tokens": s.distill_eval_max_tokens,
+            "eval_max_tokens": s.trainer.distill_eval_max_tokens,
             "current_adapter_path": current_path,
             "out_path": str(work / "adapter.gguf"),
-            "threads": s.head_threads,
+            "threads": s.head.head_threads,
             "metadata": {"job_id": job.job_id, "created_at": datetime.now(UTC).isoformat(timespec="seconds")},
         }
         check_recipe(spec)
         spec_path = work / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        prefix, isolated = sandbox_prefix(s.trainer_sandbox)
+        prefix, isolated = sandbox_prefix(s.trainer.trainer_sandbox)
         result = await run_child(
             [*prefix, sys.executable, "-m", "trainer_svc.train_child", str(spec_path)],
             progress,

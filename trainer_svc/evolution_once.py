@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolution-once: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(settings.envoy_ingress_address, args.time_budget_s, args.cancel))
+        return asyncio.run(run(settings.envoy.envoy_addr, args.time_budget_s, args.cancel))
     except KeyboardInterrupt:
         return 130
 

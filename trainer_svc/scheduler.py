@@ -38,14 +38,14 @@ def build_scheduler(settings: Settings, queue: JobQueue) -> AsyncIOScheduler:
         except Exception:
             log.exception("scheduled job could not be enqueued", extra={"kind": kind})
 
-    trigger = distill_trigger(settings.distill_schedule)
+    trigger = distill_trigger(settings.trainer.distill_schedule)
     if trigger is not None:
         # A night missed while the trainer was down runs once when it comes back, within an hour.
         scheduler.add_job(enqueue, trigger, args=["distill"], id="distill", coalesce=True, misfire_grace_time=3600)
-    if settings.mine_interval_h > 0:
+    if settings.trainer.mine_interval_h > 0:
         scheduler.add_job(
             enqueue,
-            IntervalTrigger(hours=settings.mine_interval_h, timezone=UTC),
+            IntervalTrigger(hours=settings.trainer.mine_interval_h, timezone=UTC),
             args=["mine"],
             id="mine",
             coalesce=True,

@@ -98,17 +98,17 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
     registry = service_registry()
     queue = JobQueue(
         deps.redis,
-        prefix=settings.redis_prefix,
+        prefix=settings.redis.redis_prefix,
         consumer=deps.consumer,
-        lease_s=settings.trainer_lease_s,
-        max_attempts=settings.trainer_max_attempts,
+        lease_s=settings.trainer.trainer_lease_s,
+        max_attempts=settings.trainer.trainer_max_attempts,
     )
     adapters = AdapterRegistry(settings.adapters_path, file_sha256(deps.model_path))
     ledger = BudgetLedger(
         deps.redis,
-        prefix=settings.redis_prefix,
-        pool_usd_micros=settings.daily_pool_usd_micros,
-        reservation_ttl_s=settings.budget_reservation_ttl_s,
+        prefix=settings.redis.redis_prefix,
+        pool_usd_micros=settings.budget.daily_pool_usd_micros,
+        reservation_ttl_s=settings.budget.budget_reservation_ttl_s,
     )
     distill = DistillRunner(
         settings,
@@ -117,9 +117,9 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         adapters,
         deps.publisher,
         model_path=deps.model_path,
-        system_prompts=[h.system_prompt for h in load_heads(settings.heads_file)],
+        system_prompts=[h.system_prompt for h in load_heads(settings.head.heads_file)],
     )
-    gateway = f"{settings.host}:{settings.pushgateway_port}"
+    gateway = f"{settings.observability.pushgateway_addr}"
 
     async def push(job: Job, outcome: str, result: dict[str, Any]) -> None:
         if deps.push_metrics:
@@ -133,7 +133,7 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         worker = Worker(
             queue,
             {"distill": distill.run, "mine": mine_runner(deps.miner_address)},
-            heartbeat_s=settings.trainer_heartbeat_s,
+            heartbeat_s=settings.trainer.trainer_heartbeat_s,
             metrics=WorkerMetrics(registry),
             on_finished=push,
         )
@@ -141,8 +141,8 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
     servicer = TrainerServicer(queue, adapters)
     runtime = build_server(
         domain="trainer.spiral",
-        host=settings.host,
-        port=settings.trainer_port if port is None else port,
+        host=settings.trainer.trainer_addr.host,
+        port=settings.trainer.trainer_addr.port if port is None else port,
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         registry=registry,

@@ -29,7 +29,7 @@ MIB = 2**20
 def check_loader(max_load_s: float) -> tuple[list[str], dict[str, Any]]:
     """(what failed, the numbers)."""
     settings = load_settings()
-    model_path = resolve_model_path(settings.model_path)
+    model_path = resolve_model_path(settings.head.model_path)
     registry = AdapterRegistry(settings.adapters_path, file_sha256(model_path))
     failures: list[str] = []
     adapters: list[Path] = []
@@ -41,10 +41,10 @@ def check_loader(max_load_s: float) -> tuple[list[str], dict[str, Any]]:
     plan = memory.plan(
         model_path,
         adapters,
-        context_tokens=settings.head_context_tokens,
-        gpu_layers=settings.head_gpu_layers,
-        cpu_cap_mb=settings.head_memory_cap_mb,
-        gpu_cap_mb=settings.head_gpu_memory_cap_mb,
+        context_tokens=settings.head.head_context_tokens,
+        gpu_layers=settings.head.head_gpu_layers,
+        cpu_cap_mb=settings.head.head_memory_cap_mb,
+        gpu_cap_mb=settings.head.head_gpu_memory_cap_mb,
     )
     try:
         memory.check(plan)
@@ -53,9 +53,9 @@ def check_loader(max_load_s: float) -> tuple[list[str], dict[str, Any]]:
     started = time.perf_counter()
     engine = LlamaEngine(
         model_path,
-        context_tokens=settings.head_context_tokens,
-        threads=settings.head_threads,
-        gpu_layers=settings.head_gpu_layers,
+        context_tokens=settings.head.head_context_tokens,
+        threads=settings.head.head_threads,
+        gpu_layers=settings.head.head_gpu_layers,
     )
     handles = []
     for path in adapters:

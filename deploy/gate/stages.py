@@ -236,7 +236,7 @@ def titanic(ctx: GateContext) -> Outcome:
     limits = ctx.thresholds["titanic"]
     prompts, max_tokens = load_prompts()
     with gate_platform(ctx) as platform:
-        gateway = f"http://{platform.settings.host}:{platform.settings.gateway_port}"
+        gateway = f"http://{platform.settings.gateway.gateway_addr}"
         records = run_titanic(gateway, prompts, max_tokens)
     failures, body = report(records, limits)
     (ctx.artifacts / "titanic.json").write_text(json.dumps(body, indent=2) + "\n")
@@ -262,7 +262,7 @@ def bench_smoke(ctx: GateContext) -> Outcome:
     limits = ctx.thresholds["bench_smoke"]
     with gate_platform(ctx) as platform:
         s = platform.settings
-        url = f"http://{s.host}:{s.gateway_port}/v1/chat/completions"
+        url = f"http://{s.gateway.gateway_addr}/v1/chat/completions"
         # Prime the REST path's cache entry first: eight wrk connections missing at once would each ask the council.
         body = {
             "model": "spiral",
@@ -272,7 +272,7 @@ def bench_smoke(ctx: GateContext) -> Outcome:
         }
         httpx.post(url, json=body, timeout=180).raise_for_status()
         duration, callers = limits["duration_s"], limits["concurrency"]
-        grpc = asyncio.run(grpc_load(s.envoy_ingress_address, cache_request, duration, callers))
+        grpc = asyncio.run(grpc_load(s.envoy.envoy_addr, cache_request, duration, callers))
         rest = rest_load(url, duration, 8)
     ctx.write_log(json.dumps({"grpc_cache_hit_via_envoy": grpc, "rest_cache_hit_via_gateway": rest}, indent=2))
     failures = []

@@ -34,4 +34,4 @@ def platform(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def gateway_url(platform):
-    return f"http://{platform.settings.host}:{platform.settings.gateway_port}"
+    return f"http://{platform.settings.gateway.gateway_addr}"

@@ -20,7 +20,7 @@ from deploy.platform import free_ports
 from deploy.render import render_envoy
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
-from spiral_common.config import load_settings
+from spiral_common.config import load_settings, settings_env
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,15 @@ def _token(platform) -> str:
 
 def _served(platform, router: str) -> float:
     """Orchestrate calls a router counted itself (its own metrics, not Envoy's config)."""
-    port = platform.settings.router_metrics_port(router)
-    text = httpx.get(f"http://{platform.settings.host}:{port}/metrics").text
+    address = platform.settings.router.router_metrics_addr(router)
+    text = httpx.get(f"http://{address}/metrics").text
     pattern = r'grpc_server_handled_total\{[^}]*grpc_method="Orchestrate"[^}]*\} ([0-9.e+]+)'
     return sum(float(v) for v in re.findall(pattern, text))
 
 
 def _envoy_state(platform) -> tuple[dict[str, str], set[str]]:
     """(the split in Envoy's runtime, the router clusters whose host is healthy)."""
-    admin = f"http://127.0.0.1:{platform.settings.envoy_admin_port}"
+    admin = f"http://{platform.settings.envoy.envoy_admin_addr}"
     runtime = {k: v["final_value"] for k, v in httpx.get(f"{admin}/runtime").json()["entries"].items()}
     healthy = {
         line.split("::")[0]
@@ -88,14 +88,14 @@ async def _load(address: str, count: int, workers: int = 8, pin_draws: bool = Fa
 @pytest.fixture
 def default_weight(platform, gateway_url):
     yield
-    _set_weight(platform, gateway_url, platform.settings.canary_weight_percent)
+    _set_weight(platform, gateway_url, platform.settings.envoy.canary_weight_percent)
 
 
 @pytest.mark.parametrize("percent", [5, 25])
 async def test_the_split_follows_the_weight(platform, gateway_url, default_weight, percent):
     _set_weight(platform, gateway_url, percent)
     before = {r: _served(platform, r) for r in ("main", "canary")}
-    assert not await _load(platform.settings.envoy_ingress_address, 2000, pin_draws=True)
+    assert not await _load(platform.settings.envoy.envoy_addr, 2000, pin_draws=True)
     served = {r: _served(platform, r) - before[r] for r in ("main", "canary")}
     share = 100 * served["canary"] / (served["main"] + served["canary"])
     assert served["main"] + served["canary"] == 2000
@@ -106,7 +106,7 @@ async def test_the_split_follows_the_weight(platform, gateway_url, default_weigh
 
 async def test_a_killed_canary_fails_no_unary_call_and_gets_traffic_back(platform, gateway_url, default_weight):
     _set_weight(platform, gateway_url, 50)
-    address = platform.settings.envoy_ingress_address
+    address = platform.settings.envoy.envoy_addr
     load = asyncio.create_task(_load(address, 1500, workers=4))
     canary_pid = platform.processes()["router-canary"]["pid"]
     await asyncio.to_thread(wait_until, lambda: _served(platform, "canary") > 0, 30, "the canary to serve")
@@ -125,7 +125,7 @@ async def test_a_killed_canary_fails_no_unary_call_and_gets_traffic_back(platfor
 
 
 async def test_open_streams_survive_weight_changes(platform, gateway_url, default_weight):
-    async with grpc.aio.insecure_channel(platform.settings.envoy_ingress_address) as channel:
+    async with grpc.aio.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
 
         async def stream(i: int) -> list:
@@ -147,22 +147,23 @@ async def test_the_local_rate_limit_answers_resource_exhausted(platform, tmp_pat
     env = {
         "SPIRAL_PROFILE": "quick_test",
         "SPIRAL_RUN_DIR": str(platform.run),
-        "SPIRAL_ENVOY_INGRESS_PORT": str(ingress),
-        "SPIRAL_ENVOY_ADMIN_PORT": str(admin),
+        "SPIRAL_ENVOY_ADDR": f"127.0.0.1:{ingress}",
+        "SPIRAL_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin}",
         "SPIRAL_ENVOY_RATE_LIMIT_RPS": "1",
         "SPIRAL_ENVOY_RATE_LIMIT_BURST": "2",
     }
-    ports = {
-        k: str(getattr(platform.settings, k[7:].lower()))
+    running = settings_env(platform.settings)
+    upstreams = {
+        k: running[k]
         for k in (
-            "SPIRAL_ROUTER_MAIN_PORT",
-            "SPIRAL_ROUTER_CANARY_PORT",
-            "SPIRAL_HEAD_PORT",
-            "SPIRAL_TRAINER_PORT",
-            "SPIRAL_MINER_PORT",
+            "SPIRAL_ROUTER_MAIN_ADDR",
+            "SPIRAL_ROUTER_CANARY_ADDR",
+            "SPIRAL_HEAD_ADDR",
+            "SPIRAL_TRAINER_ADDR",
+            "SPIRAL_MINER_ADDR",
         )
     }
-    settings = load_settings({**env, **ports})
+    settings = load_settings({**env, **upstreams})
     config = tmp_path / "envoy.yaml"
     config.write_text(render_envoy(settings))
     envoy = subprocess.Popen(
@@ -191,8 +192,8 @@ def test_the_verify_script_passes(platform):
         ["bash", "envoy/verify.sh"],
         env={
             **os.environ,
-            "ENVOY_ADMIN": f"127.0.0.1:{s.envoy_admin_port}",
-            "ENVOY_INGRESS": s.envoy_ingress_address,
+            "ENVOY_ADMIN": f"{s.envoy.envoy_admin_addr}",
+            "ENVOY_INGRESS": s.envoy.envoy_addr,
             "BUF": str(Path(sys.executable).parent / "buf"),
         },
         capture_output=True,

@@ -27,8 +27,8 @@ def test_sigterm_during_a_stream_lets_the_stream_finish(tmp_path):
     env = {
         **os.environ,
         "SPIRAL_PROFILE": "quick_test",
-        "SPIRAL_HEAD_PORT": str(port),
-        "SPIRAL_HEAD_METRICS_PORT": str(metrics_port),
+        "SPIRAL_HEAD_ADDR": f"127.0.0.1:{port}",
+        "SPIRAL_HEAD_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
         "SPIRAL_RUN_DIR": str(tmp_path),
         "SPIRAL_SHUTDOWN_GRACE_S": "30",
     }

@@ -32,8 +32,8 @@ def taught_traffic(platform):
 
     async def log() -> None:
         s = platform.settings
-        redis = aioredis.from_url(s.redis_url)
-        traffic = TrafficLog(redis, prefix=s.redis_prefix, max_entries=s.traffic_log_max_entries)
+        redis = aioredis.from_url(s.redis.redis_url)
+        traffic = TrafficLog(redis, prefix=s.redis.redis_prefix, max_entries=s.router.traffic_log_max_entries)
         for prompt in SECRET_PROMPTS:
             await traffic.append(logged_exchange(prompt, ANSWER))
         await redis.aclose()
@@ -43,7 +43,7 @@ def taught_traffic(platform):
 
 def canary_answer(platform, prompt: str) -> tuple[str, str]:
     """What the canary heads answer, greedily, and the adapter they serve."""
-    with grpc.insecure_channel(platform.settings.envoy_ingress_address) as channel:
+    with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
         heads = head_pb2_grpc.HeadServiceStub(channel)
         request = head_pb2.GenerateRequest(
             head="precise",
@@ -71,13 +71,13 @@ def test_evolution_once_publishes_an_adapter_that_changes_the_canary_answer(plat
     after, version = canary_answer(platform, SECRET)
     assert version != before_version and version.startswith("distill-")
     assert "pineapple" in after.lower()
-    with grpc.insecure_channel(platform.settings.envoy_ingress_address) as channel:
+    with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
         adapters = trainer_pb2_grpc.TrainerServiceStub(channel).ListAdapters(trainer_pb2.ListAdaptersRequest())
     assert version in [a.version for a in adapters.adapters]
 
 
 def test_a_trainer_killed_mid_job_is_restarted_and_the_job_ends_once(platform, taught_traffic):
-    address = platform.settings.envoy_ingress_address
+    address = platform.settings.envoy.envoy_addr
     with grpc.insecure_channel(address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL)).job
@@ -109,7 +109,7 @@ def test_a_mining_job_runs_the_miner(platform, taught_traffic):
     """The 6-hourly job, run now: the trainer's worker asks the miner to mine the traffic log."""
     from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 
-    with grpc.insecure_channel(platform.settings.envoy_ingress_address) as channel:
+    with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE)).job
 

@@ -30,7 +30,7 @@ def _buf_curl(platform, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_buf_curl_calls_the_router_through_envoy_by_reflection(platform):
-    address = f"http://{platform.settings.envoy_ingress_address}"
+    address = f"http://{platform.settings.envoy.envoy_addr}"
     listed = _buf_curl(platform, "--list-services", address)
     assert "spiral.router.v1.RouterService" in listed.stdout.split(), listed.stderr
     body = {
@@ -45,36 +45,36 @@ def test_buf_curl_calls_the_router_through_envoy_by_reflection(platform):
 
 def test_every_service_reports_serving_on_grpc_health(platform):
     s = platform.settings
-    for port, service in [
-        (s.head_port, "spiral.head.v1.HeadService"),
-        (s.router_main_port, "spiral.router.v1.RouterService"),
-        (s.router_canary_port, "spiral.router.v1.AdminService"),
-        (s.trainer_port, "spiral.trainer.v1.TrainerService"),
-        (s.miner_port, "spiral.miner.v1.MinerService"),
-        (s.envoy_ingress_port, ""),
+    for address, service in [
+        (s.head.head_addr, "spiral.head.v1.HeadService"),
+        (s.router.router_main_addr, "spiral.router.v1.RouterService"),
+        (s.router.router_canary_addr, "spiral.router.v1.AdminService"),
+        (s.trainer.trainer_addr, "spiral.trainer.v1.TrainerService"),
+        (s.miner.miner_addr, "spiral.miner.v1.MinerService"),
+        (s.envoy.envoy_addr, ""),
     ]:
-        with grpc.insecure_channel(f"{s.host}:{port}") as channel:
+        with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING, (port, service)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, (address, service)
 
 
 def test_every_metrics_port_serves_prometheus_text(platform, gateway_url):
     s = platform.settings
     body = {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 4}
     assert httpx.post(f"{gateway_url}/orchestrate", json=body, timeout=60).status_code == 200
-    ports = [
-        s.router_main_metrics_port,
-        s.router_canary_metrics_port,
-        s.head_metrics_port,
-        s.trainer_metrics_port,
-        s.miner_metrics_port,
+    addresses = [
+        s.router.router_main_metrics_addr,
+        s.router.router_canary_metrics_addr,
+        s.head.head_metrics_addr,
+        s.trainer.trainer_metrics_addr,
+        s.miner.miner_metrics_addr,
     ]
-    for url in [f"http://{s.host}:{p}/metrics" for p in ports] + [f"{gateway_url}/metrics"]:
+    for url in [f"http://{a}/metrics" for a in addresses] + [f"{gateway_url}/metrics"]:
         reply = httpx.get(url)
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/plain")
         assert "process_resident_memory_bytes" in reply.text, url
-    head = httpx.get(f"http://{s.host}:{s.head_metrics_port}/metrics").text
+    head = httpx.get(f"http://{s.head.head_metrics_addr}/metrics").text
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Generate"' in head
 
 

@@ -95,27 +95,27 @@ def drill(tmp_path_factory):
             repeat_interval="1h",
         )
     )
-    h = settings.host
+    observability = settings.observability
     commands = [
         [
             "prometheus",
             f"--config.file={run}/prometheus.yml",
             f"--storage.tsdb.path={run}/tsdb",
-            f"--web.listen-address={h}:{settings.prometheus_port}",
+            f"--web.listen-address={observability.prometheus_addr}",
         ],
         [
             "prometheus-alertmanager",
             f"--config.file={run}/alertmanager.yml",
             f"--storage.path={run}/am",
-            f"--web.listen-address={h}:{settings.alertmanager_port}",
+            f"--web.listen-address={observability.alertmanager_addr}",
             "--cluster.listen-address=",
         ],
-        ["prometheus-pushgateway", f"--web.listen-address={h}:{settings.pushgateway_port}"],
+        ["prometheus-pushgateway", f"--web.listen-address={observability.pushgateway_addr}"],
     ]
     log = (run / "drill.log").open("w")
     processes = [subprocess.Popen(c, stdout=log, stderr=subprocess.STDOUT) for c in commands]
-    for port in (settings.prometheus_port, settings.alertmanager_port, settings.pushgateway_port):
-        wait_until(lambda p=port: _ready(f"http://{h}:{p}/-/ready"), 30, f"port {port} ready")
+    for address in (observability.prometheus_addr, observability.alertmanager_addr, observability.pushgateway_addr):
+        wait_until(lambda a=address: _ready(f"http://{a}/-/ready"), 30, f"{address} ready")
     yield settings, receiver
     for process in processes:
         process.terminate()
@@ -133,7 +133,7 @@ def _ready(url: str) -> bool:
 
 def _push(settings, body: str) -> None:
     request = urllib.request.Request(
-        f"http://{settings.host}:{settings.pushgateway_port}/metrics/job/chaos_drill/instance/gpu0",
+        f"http://{settings.observability.pushgateway_addr}/metrics/job/chaos_drill/instance/gpu0",
         data=body.encode(),
         method="PUT",
     )
@@ -141,7 +141,7 @@ def _push(settings, body: str) -> None:
 
 
 def _alertmanager_alerts(settings, name: str) -> list[dict]:
-    url = f"http://{settings.host}:{settings.alertmanager_port}/api/v2/alerts?filter=alertname%3D%22{name}%22"
+    url = f"http://{settings.observability.alertmanager_addr}/api/v2/alerts?filter=alertname%3D%22{name}%22"
     with urllib.request.urlopen(url, timeout=5) as reply:
         return json.loads(reply.read())
 
@@ -165,7 +165,7 @@ def test_cloud_bound_traffic_raises_local_drift(drill, tmp_path):
     # comes from the (fake) cloud.
     env = {
         "SPIRAL_RUN_DIR": str(tmp_path),
-        "SPIRAL_ROUTER_MAIN_METRICS_PORT": str(settings.router_main_metrics_port),
+        "SPIRAL_ROUTER_MAIN_METRICS_ADDR": settings.router.router_main_metrics_addr,
     }
     router = _start_router(tmp_path, env)
     try:
@@ -217,9 +217,9 @@ def _start_router(tmp_path, env) -> _Router:
             **os.environ,
             **env,
             "SPIRAL_PROFILE": "quick_test",
-            "SPIRAL_ROUTER_MAIN_PORT": str(port),
-            "SPIRAL_REDIS_PORT": str(redis_port),
-            "SPIRAL_HEAD_PORT": str(heads_port),
+            "SPIRAL_ROUTER_MAIN_ADDR": f"127.0.0.1:{port}",
+            "SPIRAL_REDIS_ADDR": f"127.0.0.1:{redis_port}",
+            "SPIRAL_HEAD_ADDR": f"127.0.0.1:{heads_port}",
             "SPIRAL_CLOUD_PROVIDERS_FILE": str(tmp_path / "providers.json"),
             "FAKE_CLOUD_KEY": "k",
             "SPIRAL_HEAD_DEADLINE_S": "2",

@@ -76,7 +76,7 @@ def router():
 @pytest.fixture(scope="module")
 def client(router):
     _, port = router
-    app = create_app(load_settings({}, host="127.0.0.1", envoy_ingress_port=port), CollectorRegistry())
+    app = create_app(load_settings({}, envoy_addr=f"127.0.0.1:{port}"), CollectorRegistry())
     with TestClient(app) as client:
         yield client
 

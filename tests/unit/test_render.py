@@ -74,10 +74,27 @@ def test_admin_listens_on_loopback_and_ports_come_from_the_profile():
     settings = load_settings({"SPIRAL_PROFILE": "quick_test"})
     config = yaml.safe_load(render_envoy(settings))
     admin = config["admin"]["address"]["socket_address"]
-    assert (admin["address"], admin["port_value"]) == ("127.0.0.1", settings.envoy_admin_port)
+    assert (admin["address"], admin["port_value"]) == ("127.0.0.1", settings.envoy.envoy_admin_addr.port)
     head = next(c for c in config["static_resources"]["clusters"] if c["name"] == "head")
     address = head["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address["port_value"] == settings.head_port
+    assert (address["address"], address["port_value"]) == ("127.0.0.1", settings.head.head_addr.port)
+
+
+def test_each_cluster_points_at_its_service_address():
+    settings = load_settings({"SPIRAL_HEAD_ADDR": "10.1.2.3:7001", "SPIRAL_ROUTER_CANARY_ADDR": "canary.internal:7002"})
+    clusters = {c["name"]: c for c in yaml.safe_load(render_envoy(settings))["static_resources"]["clusters"]}
+
+    def endpoint(name: str) -> tuple[str, int]:
+        lb = clusters[name]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        address = lb["endpoint"]["address"]["socket_address"]
+        return address["address"], address["port_value"]
+
+    assert endpoint("head") == ("10.1.2.3", 7001)
+    assert endpoint("router_canary") == ("canary.internal", 7002)
+    assert endpoint("router_main") == ("127.0.0.1", 50051)
+    assert endpoint("trainer") == ("127.0.0.1", 50071)
+    # an IP address is a STATIC endpoint; a host name is resolved by DNS
+    assert (clusters["head"]["type"], clusters["router_canary"]["type"]) == ("STATIC", "STRICT_DNS")
 
 
 def test_supervisord_runs_every_service_and_passes_the_settings():
@@ -85,5 +102,5 @@ def test_supervisord_runs_every_service_and_passes_the_settings():
     conf = render_supervisord(settings, sys.executable)
     for program in ("redis", "envoy", "head", "router-main", "router-canary", "trainer", "miner", "gateway"):
         assert f"[program:{program}]" in conf
-    assert f'SPIRAL_HEAD_PORT="{settings.head_port}"' in conf
-    assert 'SPIRAL_ROUTER_INSTANCE="canary"' in conf
+    assert f'SPIRAL_HEAD_ADDR="{settings.head.head_addr}"' in conf
+    assert 'SPIRAL_TRACK="canary"' in conf
