@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
@@ -67,6 +67,10 @@ lint: bootstrap
 
 # The README's test command, which CI runs: the release gate, whose stages cover every test in tests/.
 test: gate
+
+# The fast tier a developer runs after every edit: tests/unit (no processes, no model), well under a minute.
+test-fast: bootstrap
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 # Only pytest, all of tests/ in one session (no contracts, lint, loader, Titanic or bench smoke).
 pytest: bootstrap

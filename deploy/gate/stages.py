@@ -29,7 +29,7 @@ from deploy.gate.runner import GateContext, Outcome, PreconditionMissing, Stage
 from deploy.platform import Platform, free_port_env
 from spiral_common.config import load_settings
 
-CONTRACT_TESTS = "tests/unit/test_contracts.py"
+CONTRACT_TESTS = "tests/unit/common/test_contracts.py"
 CANARY_TESTS = "tests/integration/test_canary.py"
 # Stage 7's hook: the pytest marker of the trainer's end-to-end tests (tests/integration/test_evolution.py).
 TRAINER_JOB_MARK = "gate_trainer_job"

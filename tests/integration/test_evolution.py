@@ -20,7 +20,7 @@ from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from spiral_common.config import settings_env
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange, wait_until
-from tests.test_distill import ANSWER, SECRET_PROMPTS
+from tests.trainer.test_distill import ANSWER, SECRET_PROMPTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.gate_trainer_job]
 SECRET = SECRET_PROMPTS[0]

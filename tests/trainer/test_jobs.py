@@ -2,7 +2,7 @@
 dead letters, cancellation, waiting for the budget, no duplicate jobs, and surviving a Redis restart.
 
 The job bodies here are small coroutines: what is under test is the queue's bookkeeping. The distillation
-itself runs in tests/test_distill.py and, end to end, in tests/integration/test_evolution.py."""
+itself runs in tests/trainer/test_distill.py and, end to end, in tests/integration/test_evolution.py."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from spiral_common.enums import Tier
 from spiral_common.pattern_set import PatternIndex, PatternSet, PatternStore, is_negated
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange, reason_of, wait_until_async
-from tests.test_router_service import ask, cloud, make_router, providers_file  # noqa: F401, F811
+from tests.router.test_router_service import ask, cloud, make_router, providers_file  # noqa: F401, F811
 
 CARD = "Your new card arrives within 5 working days of ordering it."
 CANCEL = "To cancel a transfer, open Payments, pick the transfer and press Cancel."
