@@ -1,4 +1,4 @@
-"""Runs a router instance: `python -m router_svc` (SPIRAL_TRACK picks main or canary)."""
+"""Runs the router of one track: `python -m router_svc` (SPIRAL_TRACK picks main or canary)."""
 
 from __future__ import annotations
 

@@ -46,10 +46,10 @@ def request_digest(chat: ChatRequest) -> str:
 class AnswerCache:
     """Exact-match answers with a TTL. Payloads are JSON (never pickle); errors are never stored."""
 
-    def __init__(self, redis: Redis, *, prefix: str, instance: str, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, track: str, ttl_s: int) -> None:
         self.redis = redis
         self.entry_prefix = f"{prefix}cache:"
-        self.version_key = f"{prefix}adapter_version:{instance}"
+        self.version_key = f"{prefix}adapter_version:{track}"
         self.ttl_s = ttl_s
         self._lookup = redis.register_script(_LOOKUP)
 
@@ -66,11 +66,11 @@ class AnswerCache:
 
 
 class AdapterVersions:
-    """The adapter version each router's heads serve, as the cache key reads it (`adapter_version:<instance>`)."""
+    """The adapter version each track's heads serve, as the cache key reads it (`adapter_version:<track>`)."""
 
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
 
-    async def set(self, version: str, instances: tuple[str, ...]) -> None:
-        await self.redis.mset({f"{self.prefix}adapter_version:{instance}": version for instance in instances})
+    async def set(self, version: str, tracks: tuple[str, ...]) -> None:
+        await self.redis.mset({f"{self.prefix}adapter_version:{track}": version for track in tracks})

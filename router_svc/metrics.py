@@ -61,8 +61,8 @@ class RouterMetrics:
         )
         self.feedback = Counter(
             "spiral_feedback_total",
-            "User ratings, by rating and by the router instance that gave the rated answer.",
-            ["rating", "answered_by"],
+            "User ratings, by rating and by the track (main or canary) that gave the rated answer.",
+            ["rating", "track"],
             registry=registry,
         )
         self.budget_spent = Gauge(

@@ -72,7 +72,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
     )
     track = Track.from_label(settings.router.track)
     cache = AnswerCache(
-        deps.redis, prefix=settings.redis.redis_prefix, instance=track.label, ttl_s=settings.router.cache_ttl_s
+        deps.redis, prefix=settings.redis.redis_prefix, track=track.label, ttl_s=settings.router.cache_ttl_s
     )
     council = Council(
         deps.heads,

@@ -127,8 +127,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.SubmitFeedbackResponse:
         rating = _RATING.get(request.rating, "")
-        answered_by = await self.traffic.feedback(request.answer_id, rating, request.comment)
-        self.metrics.feedback.labels(rating, answered_by).inc()
+        track = await self.traffic.feedback(request.answer_id, rating, request.comment)
+        self.metrics.feedback.labels(rating, track).inc()
         return router_pb2.SubmitFeedbackResponse(recorded=True)
 
 
