@@ -68,6 +68,12 @@ async def test_a_job_runs_once_and_its_progress_is_watched(redis_client, prefix)
             seen.append((snapshot.state, snapshot.stage, snapshot.step))
 
     watcher = asyncio.create_task(watch())
+
+    async def watching() -> bool:
+        return bool(seen)
+
+    # The watcher's first snapshot comes before the job runs (on a loaded box the task may start late).
+    await wait_until_async(watching, 10, "the watcher's first snapshot")
     claimed = await queue.claim(block_ms=1000)
     assert await worker.run_one(claimed) == "succeeded"
     await asyncio.wait_for(watcher, 10)
