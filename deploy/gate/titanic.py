@@ -24,12 +24,14 @@ from typing import Any
 import openai
 
 PROMPTS_FILE = Path(__file__).with_name("titanic_prompts.json")
-# The trace's tier -> the Titanic's: the council and a single streamed head are both "local".
+# The trace's tier -> the Titanic's: the council, its below-threshold fallback and a single streamed head are
+# all "local".
 TIERS = {
     "TIER_CACHE": "cache",
     "TIER_PATTERN": "pattern",
     "TIER_COUNCIL": "local",
     "TIER_HEAD": "local",
+    "TIER_LOCAL_FALLBACK": "local",
     "TIER_CLOUD": "cloud",
 }
 CACHEABLE = ("local", "long")

@@ -40,7 +40,7 @@ def test_buf_curl_calls_the_router_through_envoy_by_reflection(platform):
     reply = _buf_curl(platform, "-d", json.dumps(body), f"{address}/spiral.router.v1.RouterService/Orchestrate")
     assert reply.returncode == 0, reply.stderr
     answer = json.loads(reply.stdout)
-    assert answer["text"] and answer["trace"]["tier"] in ("TIER_COUNCIL", "TIER_CACHE")
+    assert answer["text"] and answer["trace"]["tier"] in ("TIER_COUNCIL", "TIER_LOCAL_FALLBACK", "TIER_CACHE")
 
 
 def test_every_service_reports_serving_on_grpc_health(platform):

@@ -29,9 +29,11 @@ def test_chat_completion_is_answered_locally_by_the_council(client):
     assert 0 < reply.usage.completion_tokens <= 16
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     trace = reply.model_extra["spiral_trace"]
-    assert trace["tier"] in ("TIER_COUNCIL", "TIER_CACHE")  # no cloud keys here: the best local answer serves
-    assert trace["router_instance"] in ("main", "canary")
-    if trace["tier"] == "TIER_COUNCIL":
+    # No cloud keys here: an accepted vote answers, or else the best local answer serves as the fallback.
+    assert trace["tier"] in ("TIER_COUNCIL", "TIER_LOCAL_FALLBACK", "TIER_CACHE")
+    assert trace["track"] in ("TRACK_MAIN", "TRACK_CANARY")
+    assert trace["router_instance"] == trace["track"].removeprefix("TRACK_").lower()  # the deprecated twin
+    if trace["tier"] in ("TIER_COUNCIL", "TIER_LOCAL_FALLBACK"):
         assert [c["head"] for c in trace["candidates"]] == ["precise", "concise", "creative"]
 
 
@@ -103,7 +105,7 @@ def test_orchestrate_returns_answer_and_trace_and_takes_feedback(gateway_url):
     assert reply.status_code == 200, reply.text
     body = reply.json()
     assert body["text"] and body["answer_id"]
-    assert body["trace"]["tier"] in ("TIER_COUNCIL", "TIER_CACHE")
+    assert body["trace"]["tier"] in ("TIER_COUNCIL", "TIER_LOCAL_FALLBACK", "TIER_CACHE")
     assert reply.headers["x-request-id"] == body["trace"]["request_id"]
     rated = httpx.post(f"{gateway_url}/feedback", json={"answer_id": body["answer_id"], "rating": "good"})
     assert rated.json() == {"recorded": True}
