@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -276,11 +275,6 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child_preexec(parent_pid: int) -> None:
-    os.setpgrp()  # its own process group: a cancel kills it and anything it started
-    die_with_parent(parent_pid)
-
-
 async def run_child(command: list[str], progress: ProgressFn, *, deadline_s: float, log_path: Path) -> dict[str, Any]:
     """Runs the training child, relaying its progress; kills it (and its group) on cancellation or deadline."""
     env = {
@@ -295,7 +289,11 @@ async def run_child(command: list[str], progress: ProgressFn, *, deadline_s: flo
             stderr=stderr,
             env=env,
             cwd=REPO_ROOT,
-            preexec_fn=functools.partial(_child_preexec, os.getpid()),
+            # Its own process group, so a cancel kills it and anything it started. No preexec_fn: Python code
+            # between fork and exec in this process (gRPC's threads are running) crashed the child with SIGSEGV in
+            # gRPC's fork handlers now and then; without it the child is spawned without them. The child asks to
+            # die with this worker itself, first thing (trainer_svc/train_child.py, PARENT_PID_ENV).
+            process_group=0,
         )
         result: dict[str, Any] | None = None
         error, permanent = "", False
