@@ -206,6 +206,25 @@ async def test_the_pattern_head_answers_exactly_without_asking_a_head(make_route
     assert not router.heads.calls
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        " " * 130 + "a",  # stalled a router for 8.4 s on a backtracking regex
+        "what is " + "*".join(["999999^64"] * 12),  # a 4,600-digit product: INTERNAL
+        "10 / 0",
+        "(" * 3_999,  # the quick_test profile refuses prompts over 4,000 characters
+        "1+" * 1_999 + "1",
+    ],
+    ids=["spaces", "huge product", "division by zero", "open brackets", "long sum"],
+)
+async def test_hostile_prompts_miss_the_pattern_head_and_a_later_tier_answers(make_router, prompt):
+    router = await make_router()
+    # The deadline is a hang guard: the council's own deadline is 2 s.
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(prompt)), timeout=10)
+    assert (reply.trace.tier, reply.text) == (router_pb2.TIER_COUNCIL, "Paris is the capital of France.")
+    assert router_pb2.TIER_PATTERN in [s.tier for s in reply.trace.steps]
+
+
 async def test_stragglers_past_the_deadline_are_cancelled_and_the_rest_vote(make_router):
     heads = ScriptedHeads(delays={"creative": 30})
     router = await make_router(heads)
