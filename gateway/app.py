@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import RequestContext
+from gateway.middleware import BodyLimit, RequestContext
 from gateway.routes import admin, native, openai, ops
 from gateway.state import GatewayState
 from spiral_common.config import Settings
@@ -25,6 +25,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         exception_handlers=EXCEPTION_HANDLERS,
     )
     app.state.gateway = state
+    # The last added runs first: the request id is set before the body cap may refuse.
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway.gateway_max_body_bytes)
     app.add_middleware(RequestContext, metrics=state.metrics)
     for area in (ops, openai, native, admin):  # this order is the order of the paths in /openapi.json
         app.include_router(area.router)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spiral_common import errors
 from spiral_common.grpc_service import error_info, status_code_for
@@ -38,8 +40,13 @@ _OPENAI_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+# The schema's list caps (gateway/schemas.py), by field, as the router's reasons for the same limits.
+_TOO_LONG = {"messages": "TOO_MANY_MESSAGES", "content": "TOO_MANY_CONTENT_PARTS"}
 
 
 def error_body(status: int, message: str, reason: str, metadata: dict[str, str], request_id: str) -> dict:
@@ -88,15 +95,34 @@ def domain_error_response(exc: errors.SpiralError, request_id: str) -> JSONRespo
 
 
 async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0] if exc.errors() else {}
-    if first.get("type") == "json_invalid":
-        reason, field, message = "MALFORMED_JSON", "", f"the body is not valid JSON: {first.get('msg', '')}"
-    else:
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field = ".".join(loc).replace(".[", "[")
-        reason, message = "INVALID_FIELD", f"{field or 'body'}: {first.get('msg', 'invalid')}"
+    found = exc.errors()
+    # A list over its cap is the error to report: the other errors may be about its union's other member.
+    first = next((e for e in found if e.get("type") == "too_long"), found[0] if found else {})
+    # ("body", "messages", 1, "content", "list[TextPart]") -> "messages[1].content", as the domain errors name
+    # fields (a name with brackets is pydantic's tag of a union member, not a field)
+    loc = [p for p in first.get("loc", ())[1:] if not (isinstance(p, str) and "[" in p)]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     metadata = {"field": field} if field else {}
+    kind = first.get("type")
+    if kind == "json_invalid":
+        reason, metadata, message = "MALFORMED_JSON", {}, f"the body is not valid JSON: {first.get('msg', '')}"
+    elif kind == "extra_forbidden":
+        # An OpenAI field Spiral does not implement (tools, response_format, ...): refused, never dropped.
+        reason, message = "UNSUPPORTED_FIELD", f"{field} is not supported by Spiral"
+    elif kind == "too_long" and loc and str(loc[-1]) in _TOO_LONG:
+        reason, message = _TOO_LONG[str(loc[-1])], f"{field}: {first.get('msg', 'too many items')}"
+        metadata["limit"] = str(first.get("ctx", {}).get("max_length", ""))
+    else:
+        reason, message = "INVALID_FIELD", f"{field or 'body'}: {first.get('msg', 'invalid')}"
     return JSONResponse(error_body(400, message, reason, metadata, request.state.request_id), status_code=400)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (unknown path, wrong method, a body that cannot be read as JSON at all, such as
+    a number of thousands of digits) in the same body as every other error."""
+    reason = "MALFORMED_JSON" if exc.status_code == 400 else HTTPStatus(exc.status_code).name
+    body = error_body(exc.status_code, str(exc.detail), reason, {}, request.state.request_id)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def domain_error(request: Request, exc: errors.SpiralError) -> JSONResponse:
@@ -109,6 +135,7 @@ async def rpc_error(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], Any] = {
     RequestValidationError: bad_request,
+    StarletteHTTPException: http_error,
     errors.SpiralError: domain_error,
     grpc.aio.AioRpcError: rpc_error,
 }

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from spiral_common.chat import MAX_MESSAGES_CEILING
+
+# Lists are capped in the schema because pydantic then refuses a longer one before it parses any item. The
+# message cap proper is SPIRAL_MAX_MESSAGES (checked after parsing, as the router checks it); this ceiling only
+# bounds the parsing.
+MAX_CONTENT_PARTS = 64
 
 
 class TextPart(BaseModel):
@@ -13,14 +20,20 @@ class TextPart(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Any other field (tool_calls, tool_call_id, audio, ...) is refused with UNSUPPORTED_FIELD.
+    model_config = ConfigDict(extra="forbid")
 
     role: str = Field(description="system, developer (treated as system), user or assistant.")
-    content: str | list[TextPart] = Field(description="The message text, or a list of text parts.")
-    name: str | None = None
+    content: str | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] = Field(
+        description=f"The message text, or a list of at most {MAX_CONTENT_PARTS} text parts."
+    )
+    name: str | None = Field(None, description="The author's name; accepted and ignored.")
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+Messages = Annotated[list[ChatMessageIn], Field(max_length=MAX_MESSAGES_CEILING)]
 
 
 class SamplingFields(BaseModel):
@@ -44,16 +57,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(SamplingFields):
-    """POST /v1/chat/completions, as the OpenAI API defines it (fields Spiral does not use are ignored)."""
+# Fields of the OpenAI request that Spiral accepts only at the value that asks for nothing: any other value
+# asks for something Spiral does not do, and is refused with UNSUPPORTED_FIELD.
+NO_OP_VALUES = {"n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "store": False}
 
-    model_config = ConfigDict(extra="ignore")
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions, as the OpenAI API defines it. A field not declared here (tools, tool_choice,
+    response_format, logit_bias, ...) is refused with UNSUPPORTED_FIELD rather than silently dropped; the
+    fields below marked "ignored" change nothing about an answer and are accepted (README, "Errors")."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Model id from GET /v1/models.")
-    messages: list[ChatMessageIn]
+    messages: Messages
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, description="Number of choices; only 1 is supported.")
+    user: str | None = Field(None, description="An id of the end user; accepted and ignored.")
+    metadata: dict[str, str] | None = Field(
+        None, max_length=16, description="Up to 16 tags for stored completions; accepted and ignored."
+    )
+    service_tier: str | None = Field(None, description="The OpenAI processing tier; accepted and ignored.")
+    frequency_penalty: float | None = Field(None, description="Only 0 is supported.")
+    presence_penalty: float | None = Field(None, description="Only 0 is supported.")
+    logprobs: bool | None = Field(None, description="Only false is supported.")
+    store: bool | None = Field(None, description="Only false is supported.")
+
+    def unsupported_field(self) -> str | None:
+        """The first field set to a value that asks for something Spiral does not do, or None."""
+        return next((name for name, no_op in NO_OP_VALUES.items() if getattr(self, name) not in (None, no_op)), None)
 
 
 class OrchestrateBody(SamplingFields):
@@ -61,7 +94,7 @@ class OrchestrateBody(SamplingFields):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[ChatMessageIn]
+    messages: Messages
     model: str = ""
 
 
@@ -70,7 +103,7 @@ class VoteBody(SamplingFields):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[ChatMessageIn]
+    messages: Messages
 
 
 class FeedbackBody(BaseModel):

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 from spiral.router.v1 import admin_pb2_grpc, router_pb2_grpc
+from spiral_common.chat import Limits, limits_from
 from spiral_common.config import Settings
 from spiral_common.logs import REQUEST_ID_HEADER
 
@@ -46,6 +47,10 @@ class GatewayState:
     registry: CollectorRegistry
     metrics: GatewayMetrics
     _upstream: Upstream | None = field(default=None, init=False)
+    limits: Limits = field(init=False)  # the router's request limits, checked here before any call
+
+    def __post_init__(self) -> None:
+        self.limits = limits_from(self.settings)
 
     @property
     def upstream(self) -> Upstream:
@@ -76,6 +81,10 @@ async def upstream(request: Request) -> Upstream:
     return (await gateway_state(request)).upstream
 
 
+async def chat_limits(request: Request) -> Limits:
+    return (await gateway_state(request)).limits
+
+
 async def call_metadata(request: Request) -> Metadata:
     """The gRPC metadata of every call: the request id, so that the logs of every hop carry it."""
     return ((REQUEST_ID_HEADER, request.state.request_id),)
@@ -90,4 +99,5 @@ async def admin_metadata(request: Request) -> Metadata:
 State = Annotated[GatewayState, Depends(gateway_state)]
 Stubs = Annotated[Upstream, Depends(upstream)]
 CallMetadata = Annotated[Metadata, Depends(call_metadata)]
+ChatLimits = Annotated[Limits, Depends(chat_limits)]
 AdminMetadata = Annotated[Metadata, Depends(admin_metadata)]

@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 32
+# No setting may raise the message cap above this: the gateway's request schema refuses more messages before it
+# parses any of them.
+MAX_MESSAGES_CEILING = 4096
+# A seed travels as a protobuf int64.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Limits:
     default_max_tokens: int
     default_temperature: float
     default_top_p: float = 1.0
+    max_messages: int = 256
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -47,6 +53,7 @@ def limits_from(settings: Settings) -> Limits:
         max_tokens_limit=settings.limits.max_tokens_limit,
         default_max_tokens=settings.limits.default_max_tokens,
         default_temperature=settings.limits.default_temperature,
+        max_messages=settings.limits.max_messages,
     )
 
 
@@ -75,6 +82,13 @@ def validate_chat(
     """Check a conversation against the limits; raise InvalidArgument naming the first bad field."""
     if not messages:
         raise InvalidArgument("messages must hold at least one message", reason="EMPTY_MESSAGES", field="messages")
+    if len(messages) > limits.max_messages:
+        raise InvalidArgument(
+            f"the conversation has {len(messages)} messages, more than the maximum {limits.max_messages}",
+            reason="TOO_MANY_MESSAGES",
+            field="messages",
+            limit=str(limits.max_messages),
+        )
     total = 0
     for i, message in enumerate(messages):
         if message.role not in ROLES:
@@ -118,6 +132,12 @@ def validate_chat(
             f"stop takes at most {MAX_STOP_SEQUENCES} non-empty sequences of at most {MAX_STOP_CHARS} characters",
             reason="INVALID_STOP",
             field="params.stop",
+        )
+    if params.seed is not None and not SEED_RANGE[0] <= params.seed <= SEED_RANGE[1]:
+        raise InvalidArgument(
+            f"seed must be a 64-bit integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}], got {params.seed}",
+            reason="SEED_OUT_OF_RANGE",
+            field="params.seed",
         )
     return ChatRequest(
         messages=tuple(messages),

@@ -20,6 +20,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from spiral_common.chat import MAX_MESSAGES_CEILING
+
 ENV_PREFIX = "SPIRAL_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILE_DIR = REPO_ROOT / "deploy" / "profiles"
@@ -164,6 +166,8 @@ class GatewaySettings:
     """The OpenAI-compatible REST gateway (its /metrics is on the same address)."""
 
     gateway_addr: Address = _addr("127.0.0.1:8080", 1)
+    # Request bodies over this many bytes are refused with 413 before they are parsed.
+    gateway_max_body_bytes: int = field(default=1024 * 1024, metadata={"min": 1024})
 
     def __post_init__(self) -> None:
         _check(self)
@@ -356,12 +360,14 @@ class CloudSettings:
 
 @dataclass(frozen=True)
 class LimitsSettings:
-    """Request limits, enforced by the router and the heads."""
+    """Request limits, enforced by the gateway, the router and the heads."""
 
     max_prompt_chars: int = field(default=16000, metadata={"min": 1})
-    max_tokens_limit: int = field(default=1024, metadata={"min": 1})
+    max_tokens_limit: int = field(default=1024, metadata={"min": 1, "max": 2**31 - 1})  # a protobuf int32
     default_max_tokens: int = field(default=256, metadata={"min": 1})
     default_temperature: float = field(default=0.7, metadata={"min": 0.0, "max": 2.0})
+    # Messages in one conversation, at the gateway and at gRPC ingress.
+    max_messages: int = field(default=256, metadata={"min": 1, "max": MAX_MESSAGES_CEILING})
 
     def __post_init__(self) -> None:
         _check(self)

@@ -30,7 +30,7 @@ from prometheus_client import (
 )
 
 from spiral_common import errors
-from spiral_common.logs import REQUEST_ID_HEADER, new_request_id, request_id_var
+from spiral_common.logs import REQUEST_ID_HEADER, is_safe_request_id, new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(("/grpc.health.", "/grpc.reflection.")):
             return handler
         _, service, method = details.method.split("/")
-        request_id = dict(details.invocation_metadata or ()).get(REQUEST_ID_HEADER) or new_request_id()
+        request_id = dict(details.invocation_metadata or ()).get(REQUEST_ID_HEADER, "")
+        if not is_safe_request_id(request_id):  # absent, or not one a log line should carry as it is
+            request_id = new_request_id()
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, service, method, request_id),

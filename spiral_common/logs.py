@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 import uuid
@@ -16,6 +17,14 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+# A request id a caller may choose: it goes into logs, gRPC metadata and response headers as it is.
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def is_safe_request_id(value: str) -> bool:
+    return _SAFE_REQUEST_ID.fullmatch(value) is not None
 
 
 class _ContextFilter(logging.Filter):

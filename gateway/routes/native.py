@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 
-from gateway.convert import chat_messages, generation_params
+from gateway.convert import checked_chat
 from gateway.schemas import FeedbackBody, OrchestrateBody, VoteBody
-from gateway.state import CallMetadata, Stubs
+from gateway.state import CallMetadata, ChatLimits, Stubs
 from spiral.router.v1 import router_pb2
 
 RATINGS = {"good": router_pb2.RATING_GOOD, "bad": router_pb2.RATING_BAD}
@@ -17,21 +17,20 @@ router = APIRouter()
 
 
 @router.post("/orchestrate", summary="Answer through the cascade; the reply carries the decision trace")
-async def orchestrate(body: OrchestrateBody, stubs: Stubs, metadata: CallMetadata) -> JSONResponse:
+async def orchestrate(body: OrchestrateBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits) -> JSONResponse:
+    chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Orchestrate(
-        router_pb2.OrchestrateRequest(
-            messages=chat_messages(body.messages), params=generation_params(body), model=body.model
-        ),
+        router_pb2.OrchestrateRequest(messages=chat.messages, params=chat.params, model=body.model),
         metadata=metadata,
     )
     return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
 
 @router.post("/vote", summary="Run the council alone; every candidate with its score, best first")
-async def vote(body: VoteBody, stubs: Stubs, metadata: CallMetadata) -> JSONResponse:
+async def vote(body: VoteBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits) -> JSONResponse:
+    chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Vote(
-        router_pb2.VoteRequest(messages=chat_messages(body.messages), params=generation_params(body)),
-        metadata=metadata,
+        router_pb2.VoteRequest(messages=chat.messages, params=chat.params), metadata=metadata
     )
     return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf import json_format
 
-from gateway.convert import chat_messages, generation_params
+from gateway.convert import checked_chat
 from gateway.errors import rpc_error_body
-from gateway.schemas import ChatCompletionRequest
-from gateway.state import CallMetadata, Stubs
+from gateway.schemas import NO_OP_VALUES, ChatCompletionRequest
+from gateway.state import CallMetadata, ChatLimits, Stubs
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2
 from spiral_common import errors
@@ -41,13 +41,18 @@ async def list_models() -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream=true answers as SSE)")
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, stubs: Stubs, metadata: CallMetadata
+    body: ChatCompletionRequest, request: Request, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits
 ) -> Response:
-    if body.n != 1:
-        raise errors.InvalidArgument("only n=1 is supported", reason="UNSUPPORTED_N", field="n")
-    proto: dict[str, Any] = dict(
-        messages=chat_messages(body.messages), params=generation_params(body), model=body.model
-    )
+    unsupported = body.unsupported_field()
+    if unsupported is not None:
+        raise errors.InvalidArgument(
+            f"{unsupported}={getattr(body, unsupported)!r} is not supported by Spiral: "
+            f"only {NO_OP_VALUES[unsupported]!r}",
+            reason="UNSUPPORTED_FIELD",
+            field=unsupported,
+        )
+    chat = checked_chat(body.messages, body, limits)
+    proto: dict[str, Any] = dict(messages=chat.messages, params=chat.params, model=body.model)
     created = int(time.time())
     if not body.stream:
         reply = await stubs.router.Orchestrate(router_pb2.OrchestrateRequest(**proto), metadata=metadata)

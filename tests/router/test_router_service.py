@@ -440,6 +440,12 @@ async def test_admin_calls_need_the_token(make_router):
     [
         (dict(messages=[]), grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_MESSAGES"),
         (ask(max_tokens=-1), grpc.StatusCode.INVALID_ARGUMENT, "MAX_TOKENS_OUT_OF_RANGE"),
+        (ask(max_tokens=2**31 - 1), grpc.StatusCode.INVALID_ARGUMENT, "MAX_TOKENS_OUT_OF_RANGE"),
+        (
+            dict(messages=[chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER)] * 100_000 + ask()["messages"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "TOO_MANY_MESSAGES",
+        ),
         ({**ask(), "model": "gpt-4"}, grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND"),
     ],
 )
@@ -449,6 +455,22 @@ async def test_bad_requests_are_refused_with_a_reason(make_router, kwargs, code,
         await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**kwargs))
     assert reason_of(caught.value)[:2] == (code, reason)
     assert not router.heads.calls
+
+
+async def test_a_message_over_the_receive_limit_is_refused_by_grpc_itself(make_router):
+    router = await make_router()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask("x" * 17 * 1024 * 1024)))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert not router.heads.calls
+
+
+async def test_an_unsafe_request_id_in_metadata_is_replaced(make_router):
+    router = await make_router()
+    reply = await router.stub.Orchestrate(
+        router_pb2.OrchestrateRequest(**ask()), metadata=((REQUEST_ID_HEADER, "x" * 129),)
+    )
+    assert reply.trace.request_id and reply.trace.request_id != "x" * 129
 
 
 async def test_an_unexpected_exception_is_internal_with_a_generic_message(make_router):
