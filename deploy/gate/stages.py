@@ -186,7 +186,7 @@ def loader(ctx: GateContext) -> Outcome:
 
 # -- the gate's platforms (stages 6 and 10) ------------------------------------------------------------------
 @contextmanager
-def gate_platform(ctx: GateContext) -> Iterator[Platform]:
+def gate_platform(ctx: GateContext, env: dict[str, str] | None = None) -> Iterator[Platform]:
     """A quick_test platform on free ports whose cloud providers are a local fake, for one stage: stopped when
     the stage ends, so the stages between 6 and 10 have the box to themselves. Once it failed to start,
     later stages are skipped rather than wait for it again."""
@@ -195,14 +195,14 @@ def gate_platform(ctx: GateContext) -> Iterator[Platform]:
         raise PreconditionMissing(f"the gate's platform did not start in an earlier stage: {failed}")
     with ExitStack() as stack:
         try:
-            platform = _start_platform(ctx, stack)
+            platform = _start_platform(ctx, stack, env or {})
         except Exception as exc:
             ctx.resources["platform_failed"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise
         yield platform
 
 
-def _start_platform(ctx: GateContext, stack: ExitStack) -> Platform:
+def _start_platform(ctx: GateContext, stack: ExitStack, extra_env: dict[str, str]) -> Platform:
     from deploy.gate.fake_cloud import FakeCloud, providers_json  # a local stand-in for the paid providers
     from deploy.gate.titanic import load_prompts
 
@@ -221,6 +221,7 @@ def _start_platform(ctx: GateContext, stack: ExitStack) -> Platform:
         "SPIRAL_RUN_DIR": str(run),
         "SPIRAL_CLOUD_PROVIDERS_FILE": str(run / "providers.json"),
         **free_port_env(),
+        **extra_env,
     }
     platform = Platform(load_settings(env), python=ctx.python)
     stack.callback(platform.stop)  # also after a start that failed half-way
@@ -299,6 +300,29 @@ def bench_smoke(ctx: GateContext) -> Outcome:
     return Outcome.judge(failures, numbers, note)
 
 
+# -- 11. hostile input --------------------------------------------------------------------------------------
+def hostile_input(ctx: GateContext) -> Outcome:
+    from deploy.gate import hostile
+
+    limits = ctx.thresholds["hostile"]
+    # Short answers keep the stage's generations cheap; the limits under attack are the platform's own.
+    env = {"SPIRAL_MAX_TOKENS_LIMIT": str(limits["max_tokens_limit"]), "SPIRAL_DEFAULT_MAX_TOKENS": "8"}
+    with gate_platform(ctx, env) as platform:
+        report = hostile.run(
+            f"http://{platform.settings.gateway.gateway_addr}",
+            str(platform.settings.envoy.envoy_addr),
+            limits=limits,
+            log=ctx.write_log,
+            processes=lambda: {name: p["pid"] for name, p in platform.processes().items()},
+            serving=lambda: [c.name for c in platform.checks() if not c.ok],
+        )
+    numbers = report.numbers()
+    (ctx.artifacts / "hostile.json").write_text(
+        json.dumps({"numbers": numbers, "answers": [a.__dict__ for a in report.answers]}, indent=1) + "\n"
+    )
+    return Outcome.judge(hostile.judge(report, limits), numbers, "artifacts/hostile.json")
+
+
 STAGES = (
     Stage(1, "contracts", "buf lint, buf breaking against the previous release, generated code up to date", contracts),
     Stage(2, "code", "ruff check, ruff format --check, mypy, lint-imports (import contracts)", code),
@@ -310,4 +334,5 @@ STAGES = (
     Stage(8, "alert drill", "tests/observability: real Prometheus, Alertmanager, Pushgateway", alert_drill),
     Stage(9, "canary", "split and health gating through Envoy (tests/integration/test_canary.py)", canary),
     Stage(10, "bench smoke", "cache-hit path latency at a short duration", bench_smoke),
+    Stage(11, "hostile input", "a corpus of bad requests, schemathesis and a gRPC fuzz, with a probe", hostile_input),
 )
