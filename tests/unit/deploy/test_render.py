@@ -42,7 +42,6 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
     assert split["runtime_key_prefix"] == "spiral.routers"
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 75, "canary_first": 25}
     assert route["timeout"] == "0s"  # streams must not hit the 15 s default
-    assert "unavailable" in route["retry_policy"]["retry_on"]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     for name in ("router_main", "router_canary"):
         assert clusters[name]["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
@@ -52,6 +51,28 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
     # each side of the split falls over to the other router when its own has no healthy host
     assert clusters["canary_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_canary", "router_main"]
     assert clusters["main_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_main", "router_canary"]
+
+
+def test_only_calls_no_router_saw_are_retried_and_on_the_other_router(tmp_path):
+    config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
+    policy = _route(config, "/spiral.router.v1.")["route"]["retry_policy"]
+    # Not `reset` (a router may have worked before it), nor a gRPC status: NO_TIER_ANSWERED (UNAVAILABLE),
+    # overload (RESOURCE_EXHAUSTED) and DEADLINE_EXCEEDED are answers a retry would only repeat.
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset-before-request"}
+    assert 1 <= policy["num_retries"] <= 2
+    assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
+    assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+
+
+def test_every_route_honours_the_callers_grpc_timeout_and_streams_have_no_route_timeout(tmp_path):
+    config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert len(routes) > 1
+    for route in routes:
+        assert route["route"]["timeout"] == "0s", route["match"]
+        # 0s: the caller's grpc-timeout, uncapped, is the call's limit; a call without one has none.
+        assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}, route["match"]
 
 
 def test_a_set_weight_survives_a_restart(tmp_path, monkeypatch):
