@@ -168,6 +168,10 @@ class GatewaySettings:
     gateway_addr: Address = _addr("127.0.0.1:8080", 1)
     # Request bodies over this many bytes are refused with 413 before they are parsed.
     gateway_max_body_bytes: int = field(default=1024 * 1024, metadata={"min": 1024})
+    # The deadline of each call to the routers (sent as grpc-timeout through Envoy to the router and the
+    # heads), seconds: beyond it the client gets 504 and every hop stops working on the request. It should
+    # cover the council's and the cloud's deadlines (SPIRAL_COUNCIL_DEADLINE_S, SPIRAL_CLOUD_TIMEOUT_S).
+    gateway_request_timeout_s: float = field(default=180.0, metadata={"min": 1.0})
 
     def __post_init__(self) -> None:
         _check(self)
