@@ -56,9 +56,9 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
 def test_only_calls_no_router_saw_are_retried_and_on_the_other_router(tmp_path):
     config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
     policy = _route(config, "/spiral.router.v1.")["route"]["retry_policy"]
-    # Not `reset` (a router may have worked before it), nor a gRPC status: NO_TIER_ANSWERED (UNAVAILABLE),
-    # overload (RESOURCE_EXHAUSTED) and DEADLINE_EXCEEDED are answers a retry would only repeat.
-    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset-before-request"}
+    # No gRPC status: NO_TIER_ANSWERED (UNAVAILABLE), overload (RESOURCE_EXHAUSTED) and DEADLINE_EXCEEDED are
+    # a router's answers, which a retry would only repeat; a reset before any response (a dead router) is retried.
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
     assert 1 <= policy["num_retries"] <= 2
     assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
     assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
