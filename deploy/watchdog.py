@@ -18,6 +18,7 @@ fake probes and a fake supervisor.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import sys
 import time
@@ -143,20 +144,25 @@ class XmlRpcSupervisor:
     """supervisord's `supervisor.*` XML-RPC methods over the unix socket supervisord.conf configures."""
 
     def __init__(self, socket_path: Path) -> None:
-        transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-        self._rpc = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        self.socket_path = socket_path
+
+    def _rpc(self) -> xmlrpc.client.ServerProxy:
+        # A fresh connection per call: the transport's connection is unusable after a failed request.
+        transport = SupervisorTransport(None, None, f"unix://{self.socket_path}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def states(self) -> dict[str, str]:
-        infos = cast(list[dict], self._rpc.supervisor.getAllProcessInfo())  # XML-RPC results are untyped
+        infos = cast(list[dict], self._rpc().supervisor.getAllProcessInfo())  # XML-RPC results are untyped
         return {info["name"]: info["statename"] for info in infos}
 
     def restart(self, program: str) -> None:
+        rpc = self._rpc()
         try:
-            self._rpc.supervisor.stopProcess(program, True)
+            rpc.supervisor.stopProcess(program, True)
         except xmlrpc.client.Fault as fault:
             if "NOT_RUNNING" not in fault.faultString:
                 raise
-        self._rpc.supervisor.startProcess(program, False)
+        rpc.supervisor.startProcess(program, False)
 
 
 def check_once(
@@ -185,7 +191,8 @@ def run(settings: Settings, supervisor: Supervisor, watched: Sequence[Target]) -
         started = time.monotonic()
         try:
             check_once(watched, liveness, supervisor, settings.liveness_timeout_s, started)
-        except (OSError, xmlrpc.client.Error) as exc:  # supervisord busy or going down: try again next round
+        except (OSError, http.client.HTTPException, xmlrpc.client.Error) as exc:
+            # supervisord busy or going down: try again next round
             log.warning("supervisord did not answer", extra={"error": repr(exc)})
         time.sleep(max(0.0, settings.liveness_interval_s - (time.monotonic() - started)))
 
