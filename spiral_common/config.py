@@ -406,6 +406,13 @@ class Settings:
     shutdown_grace_s: float = field(default=30.0, metadata={"min": 0.0})
     # Adapter registry (GGUF LoRA files the trainer publishes and the heads load); empty means <run_dir>/adapters.
     adapters_dir: str = ""
+    # Liveness watchdog (deploy/watchdog.py): every interval (0: no watchdog) it asks each service's health with a
+    # deadline, and restarts one that was answering and then misses `failures` probes in a row, or that never
+    # answers within the start grace.
+    liveness_interval_s: float = field(default=5.0, metadata={"min": 0.0})
+    liveness_timeout_s: float = field(default=2.0, metadata={"min": 0.1})
+    liveness_failures: int = field(default=3, metadata={"min": 1})
+    liveness_start_grace_s: float = field(default=300.0, metadata={"min": 0.0})
 
     redis: RedisSettings = field(default_factory=RedisSettings)
     envoy: EnvoySettings = field(default_factory=EnvoySettings)

@@ -1,5 +1,6 @@
 """Envoy and supervisord configs rendered from a profile: valid for Envoy, and true to the profile."""
 
+import configparser
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.render import render_envoy, render_supervisord
+from deploy.render import FATAL_CONFIG_EXIT, render_envoy, render_supervisord
 from spiral_common import canary
 from spiral_common.config import load_settings
 from spiral_common.errors import InvalidArgument
@@ -125,3 +126,30 @@ def test_supervisord_runs_every_service_and_passes_the_settings():
         assert f"[program:{program}]" in conf
     assert f'SPIRAL_HEAD_ADDR="{settings.head.head_addr}"' in conf
     assert 'SPIRAL_TRACK="canary"' in conf
+
+
+def _program_section(conf: str, name: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(conf)
+    return dict(parser[f"program:{name}"])
+
+
+def test_a_service_failing_on_its_config_is_not_restarted_in_a_loop():
+    conf = render_supervisord(load_settings({"SPIRAL_PROFILE": "quick_test"}), sys.executable)
+    for program in ("head", "router-main", "router-canary", "trainer", "miner", "gateway", "watchdog"):
+        section = _program_section(conf, program)
+        # exit 2 (fatal configuration) is expected: supervisord leaves it EXITED instead of restarting it
+        assert (section["autorestart"], section["exitcodes"]) == ("unexpected", str(FATAL_CONFIG_EXIT)), program
+        # a crash within startsecs is retried a few times with back-off, then FATAL
+        assert int(section["startsecs"]) >= 1 and 1 <= int(section["startretries"]) <= 5, program
+    for program in ("redis", "envoy", "prometheus"):
+        assert _program_section(conf, program)["autorestart"] == "true"
+
+
+def test_the_watchdog_runs_unless_its_interval_is_zero():
+    watched = render_supervisord(load_settings({"SPIRAL_PROFILE": "quick_test"}), sys.executable)
+    assert "-m deploy.watchdog" in _program_section(watched, "watchdog")["command"]
+    off = render_supervisord(
+        load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_LIVENESS_INTERVAL_S": "0"}), sys.executable
+    )
+    assert "[program:watchdog]" not in off
