@@ -219,7 +219,7 @@ class Platform:
             checks = self.checks()
             if all(c.ok for c in checks):
                 return checks
-            fatal = [n for n, p in self.processes().items() if p["statename"] == "FATAL"]
+            fatal = [n for n, p in self.processes().items() if p["statename"] in ("FATAL", "EXITED")]
             if fatal or time.monotonic() > deadline:
                 waiting = ", ".join(f"{c.name}: {c.state}" for c in checks if not c.ok)
                 logs = "\n".join(self.log_tail(name) for name in fatal or [c.name for c in checks if not c.ok])

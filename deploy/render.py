@@ -42,12 +42,19 @@ def cluster_type(address: Address) -> str:
 _TEMPLATES.filters["cluster_type"] = cluster_type
 
 
+# What every Python service (and the watchdog) exits with on a fatal configuration error: supervisord treats it
+# as expected and leaves the program EXITED, since restarting it would fail the same way.
+FATAL_CONFIG_EXIT = 2
+
+
 @dataclass(frozen=True)
 class Program:
     name: str
     command: str
     priority: int
     environment: str = ""
+    # Exit codes supervisord does not restart (autorestart=unexpected); empty: restart on any exit.
+    fatal_exit_codes: tuple[int, ...] = ()
 
 
 def render_envoy(settings: Settings) -> str:
@@ -147,6 +154,12 @@ def programs(settings: Settings, python: str) -> list[Program]:
         if settings.envoy.promotion_interval_s
         else []
     )
+    watchdog = (
+        [Program("watchdog", f"{python} -m deploy.watchdog", 80, fatal_exit_codes=(FATAL_CONFIG_EXIT,))]
+        if settings.liveness_interval_s
+        else []
+    )
+    fatal = (FATAL_CONFIG_EXIT,)
     envoy = shutil.which("envoy", path=str(Path(python).parent)) or shutil.which("envoy") or "envoy"
     redis = shutil.which("redis-server") or "redis-server"
     redis_addr = settings.redis.redis_addr
@@ -160,18 +173,18 @@ def programs(settings: Settings, python: str) -> list[Program]:
             f"--maxmemory {settings.redis.redis_max_memory_mb}mb --maxmemory-policy volatile-lru",
             10,
         ),
-        Program("head", f"{python} -m head_svc", 20),
-        Program("router-main", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "main"})),
-        Program("router-canary", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "canary"})),
-        Program("trainer", f"{python} -m trainer_svc", 30),
-        Program("miner", f"{python} -m miner_svc", 30),
+        Program("head", f"{python} -m head_svc", 20, fatal_exit_codes=fatal),
+        Program("router-main", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "main"}), fatal),
+        Program("router-canary", f"{python} -m router_svc", 30, _supervisor_env({"SPIRAL_TRACK": "canary"}), fatal),
+        Program("trainer", f"{python} -m trainer_svc", 30, fatal_exit_codes=fatal),
+        Program("miner", f"{python} -m miner_svc", 30, fatal_exit_codes=fatal),
         Program(
             "envoy",
             # A dynamic base id lets several Envoys (a test run beside `make up`) share the machine.
             f"{envoy} -c {run}/envoy.yaml --log-level warn --use-dynamic-base-id --base-id-path {run}/envoy.base-id",
             40,
         ),
-        Program("gateway", f"{python} -m gateway", 50),
+        Program("gateway", f"{python} -m gateway", 50, fatal_exit_codes=fatal),
         Program(
             "prometheus",
             f"{shutil.which('prometheus') or 'prometheus'} --config.file={run}/prometheus.yml "
@@ -193,6 +206,7 @@ def programs(settings: Settings, python: str) -> list[Program]:
             60,
         ),
         *promoter,
+        *watchdog,
     ]
 
 
@@ -208,6 +222,9 @@ def render_supervisord(settings: Settings, python: str, secrets_file: Path | Non
         environment=_supervisor_env({"PYTHONUNBUFFERED": "1", **env}),
         programs=programs(settings, python),
         stop_wait_s=int(settings.shutdown_grace_s) + 5,
+        # A start counts once the process has run 3 s; five failed starts (15 s of back-off) leave it FATAL.
+        start_s=3,
+        start_retries=5,
     )
 
 

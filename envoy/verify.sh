@@ -22,9 +22,10 @@ dump=$(curl -sf "http://$admin/config_dump")
 step "the router route splits main/canary by runtime weights"
 grep -q '"runtime_key_prefix": "spiral.routers"' <<<"$dump"
 
-step "the router's route has no timeout (streams) and retries unary calls on UNAVAILABLE"
+step "the router's route has no timeout (streams), honours grpc-timeout, and retries only calls no router answered"
 grep -q '"timeout": "0s"' <<<"$dump"
-grep -q '"retry_on": "unavailable' <<<"$dump"
+grep -q '"grpc_timeout_header_max": "0s"' <<<"$dump"
+grep -q '"retry_on": "connect-failure,refused-stream,reset"' <<<"$dump"
 
 step "a gRPC call through the ingress, found by server reflection"
 answer=$("$buf" curl --protocol grpc --http2-prior-knowledge \

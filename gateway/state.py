@@ -85,6 +85,11 @@ async def chat_limits(request: Request) -> Limits:
     return (await gateway_state(request)).limits
 
 
+async def call_timeout(request: Request) -> float:
+    """The deadline of a call to the routers, seconds: Envoy, the router and the heads all hold to it."""
+    return (await gateway_state(request)).settings.gateway.gateway_request_timeout_s
+
+
 async def call_metadata(request: Request) -> Metadata:
     """The gRPC metadata of every call: the request id, so that the logs of every hop carry it."""
     return ((REQUEST_ID_HEADER, request.state.request_id),)
@@ -99,5 +104,6 @@ async def admin_metadata(request: Request) -> Metadata:
 State = Annotated[GatewayState, Depends(gateway_state)]
 Stubs = Annotated[Upstream, Depends(upstream)]
 CallMetadata = Annotated[Metadata, Depends(call_metadata)]
+CallTimeout = Annotated[float, Depends(call_timeout)]
 ChatLimits = Annotated[Limits, Depends(chat_limits)]
 AdminMetadata = Annotated[Metadata, Depends(admin_metadata)]

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass
 
 from router_svc.cache import AnswerCache, CachedAnswer
 from router_svc.council import Council, CouncilResult
+from router_svc.deadline import NO_DEADLINE
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, CascadeTier, Clock, Pass, TierResult, Trace, TraceStep
 from spiral.traffic.v1 import traffic_pb2
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Outcome, Tier, Track
-from spiral_common.errors import BudgetExceeded, NotFound, SpiralError, Unavailable
+from spiral_common.errors import BudgetExceeded, DeadlineExceeded, NotFound, SpiralError, Unavailable
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_to_proto, params_to_proto
 from spiral_common.traffic import TrafficLog, teaches
 
@@ -93,12 +94,21 @@ class Cascade:
             request.trace.first_token_latency_us = request.clock.total_us()
             self.metrics.first_token.observe(request.trace.first_token_latency_us / 1e6)
 
-    async def stream(self, chat: ChatRequest, request_id: str) -> AsyncIterator[str | Answer]:
-        """Yield text as it comes (one piece for every tier but a streaming one), then the Answer."""
+    async def stream(
+        self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE
+    ) -> AsyncIterator[str | Answer]:
+        """Yield text as it comes (one piece for every tier but a streaming one), then the Answer.
+
+        `deadline` (a time.monotonic() instant) is the caller's: no tier runs past it, and a tier that would
+        start with no time left does not start."""
         model = resolve_model(chat.model)
-        request = CascadeRequest(chat, request_id, single_turn_prompt(chat), Trace(request_id, self.track), Clock())
+        request = CascadeRequest(
+            chat, request_id, single_turn_prompt(chat), Trace(request_id, self.track), Clock(), deadline
+        )
         passes: list[Pass] = []
         for tier in self.tiers:
+            if not request.time_left_s():
+                break
             verdict: TierResult | Pass | None = None
             try:
                 async for item in tier.answer(request):
@@ -131,6 +141,11 @@ class Cascade:
                 yield out
             return
         self.metrics.requests.labels(NO_TIER).inc()
+        if not request.time_left_s():
+            raise DeadlineExceeded(
+                f"the caller's deadline passed before any tier answered (after {request.clock.total_us() // 1000} ms)",
+                reason="DEADLINE_EXCEEDED",
+            )
         why = "; ".join(
             p.message or p.detail for p in passes if p.outcome is not Outcome.MISSED and (p.message or p.detail)
         )
@@ -213,22 +228,27 @@ class Cascade:
             pattern_id=result.pattern_id,
         )
 
-    async def answer(self, chat: ChatRequest, request_id: str) -> Answer:
-        async for item in self.stream(chat, request_id):
+    async def answer(self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE) -> Answer:
+        async for item in self.stream(chat, request_id, deadline):
             if isinstance(item, Answer):
                 return item
         raise Unavailable("no answer was produced", reason="NO_ANSWER")
 
 
 async def vote(
-    council: Council, chat: ChatRequest, request_id: str, track: Track, metrics: RouterMetrics
+    council: Council,
+    chat: ChatRequest,
+    request_id: str,
+    track: Track,
+    metrics: RouterMetrics,
+    deadline: float = NO_DEADLINE,
 ) -> tuple[CouncilResult, Trace]:
     """The council alone: every candidate with its score (nothing cached, nothing logged)."""
     clock = Clock()
     trace = Trace(request_id, track)
     if not council.members:
         raise Unavailable("no council heads are configured (SPIRAL_COUNCIL_HEADS)", reason="NO_COUNCIL")
-    result = await council.run(chat, request_id)
+    result = await council.run(chat, request_id, deadline)
     trace.candidates = result.candidates
     trace.tier = Tier.COUNCIL
     outcome = Outcome.ANSWERED if result.accepted else Outcome.FAILED

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
 import openai
 
+from router_svc.deadline import NO_DEADLINE, time_left_s
 from spiral_common.budget import BudgetLedger, Reservation
 from spiral_common.chat import ChatRequest
-from spiral_common.errors import BudgetExceeded, Unavailable
+from spiral_common.errors import BudgetExceeded, DeadlineExceeded, Unavailable
 from spiral_common.specs import CloudProvider
 
 if TYPE_CHECKING:
@@ -189,13 +191,18 @@ class CloudFallback:
         else:
             await asyncio.shield(self.ledger.release(reservation))
 
-    async def answer(self, chat: ChatRequest, attempts: list[Attempt]) -> CloudAnswer:
-        """The first provider that answers within budget; BudgetExceeded or Unavailable otherwise.
+    async def answer(self, chat: ChatRequest, attempts: list[Attempt], deadline: float = NO_DEADLINE) -> CloudAnswer:
+        """The first provider that answers within budget; BudgetExceeded or Unavailable otherwise, or
+        DeadlineExceeded when the caller's `deadline` (a time.monotonic() instant) passes first.
 
         Each provider tried is appended to `attempts`, whatever the outcome."""
         refusal: BudgetExceeded | None = None
         for provider in self.providers:
             started = time.perf_counter()
+            left_s = time_left_s(deadline)
+            if not left_s:
+                attempts.append(Attempt(provider.name, "skipped", 0, "DEADLINE_EXCEEDED"))
+                raise DeadlineExceeded("the caller's deadline passed before a cloud provider answered")
             max_tokens = self.plan(provider, chat)
             if max_tokens < 1:
                 refusal = BudgetExceeded(
@@ -217,12 +224,18 @@ class CloudFallback:
                 attempts.append(Attempt(provider.name, "refused", _since_us(started), "DAILY_POOL"))
                 continue
             try:
-                reply = await self.client.complete(provider, chat, max_tokens)
+                async with asyncio.timeout(None if math.isinf(left_s) else left_s):
+                    reply = await self.client.complete(provider, chat, max_tokens)
             except ProviderFailure as exc:
                 await self._close(reservation, provider, prompt_bound, exc.billable_tokens)
                 attempts.append(Attempt(provider.name, "failed", _since_us(started), exc.reason))
                 log.warning("cloud provider failed", extra={"provider": provider.name, "reason": exc.reason})
                 continue
+            except TimeoutError as exc:
+                # The caller's time ran out mid-call: the provider may bill the whole call.
+                await self._close(reservation, provider, prompt_bound, max_tokens)
+                attempts.append(Attempt(provider.name, "failed", _since_us(started), "DEADLINE_EXCEEDED"))
+                raise DeadlineExceeded(f"the caller's deadline passed while {provider.name} answered") from exc
             except BaseException:
                 # Our caller went away (or we crashed) mid-call: the provider may bill the whole call.
                 await self._close(reservation, provider, prompt_bound, max_tokens)

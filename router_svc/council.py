@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 
+from router_svc.deadline import NO_DEADLINE, time_left_s
 from router_svc.heads_client import HeadClient, HeadDone, HeadText
 from spiral_common.chat import ChatRequest
 from spiral_common.errors import SpiralError
@@ -101,12 +102,14 @@ class Council:
         self.length_weight = length_weight
         self.diversity_weight = diversity_weight
 
-    async def _ask(self, head: str, chat: ChatRequest, request_id: str) -> Candidate:
+    async def _ask(self, head: str, chat: ChatRequest, request_id: str, timeout_s: float) -> Candidate:
         started = time.perf_counter()
         pieces: list[str] = []
         done: HeadDone | None = None
         try:
-            async for event in self.heads.generate(chat, head=head, request_id=request_id, head_sampling=True):
+            async for event in self.heads.generate(
+                chat, head=head, request_id=request_id, head_sampling=True, timeout_s=timeout_s
+            ):
                 if isinstance(event, HeadText):
                     pieces.append(event.text)
                 else:
@@ -125,12 +128,14 @@ class Council:
             done.completion_tokens,
         )
 
-    async def run(self, chat: ChatRequest, request_id: str) -> CouncilResult:
-        """Ask every member at once; cancel those not done by the deadline; vote among the answers."""
+    async def run(self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE) -> CouncilResult:
+        """Ask every member at once; cancel those not done by the council's deadline (or the caller's, when
+        that comes first); vote among the answers."""
         started = time.perf_counter()
-        tasks = [asyncio.create_task(self._ask(head, chat, request_id)) for head in self.members]
+        timeout_s = time_left_s(deadline, self.deadline_s)
+        tasks = [asyncio.create_task(self._ask(head, chat, request_id, timeout_s)) for head in self.members]
         try:
-            await asyncio.wait(tasks, timeout=self.deadline_s)
+            await asyncio.wait(tasks, timeout=timeout_s)
         finally:
             for task in tasks:
                 task.cancel()  # stragglers (and everything, if our caller went away) stop generating

@@ -40,9 +40,17 @@ class AdapterSwitch:
 
 class HeadClient(Protocol):
     def generate(
-        self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
+        self,
+        request: ChatRequest,
+        *,
+        head: str,
+        request_id: str,
+        head_sampling: bool = False,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[HeadText | HeadDone]:
-        """Stream a head's answer. With head_sampling, sampling the caller left unset takes the head's own."""
+        """Stream a head's answer. With head_sampling, sampling the caller left unset takes the head's own.
+        With timeout_s (the caller's time left), the call takes no longer than that nor than the client's
+        own deadline."""
         ...
 
     async def load_adapter(self, version: str, *, tracks: tuple[Track, ...], request_id: str) -> AdapterSwitch:
@@ -74,7 +82,13 @@ class GrpcHeadClient:
         return AdapterSwitch(reply.version, reply.previous_version, list(reply.heads), reply.load_latency_us)
 
     async def generate(
-        self, request: ChatRequest, *, head: str, request_id: str, head_sampling: bool = False
+        self,
+        request: ChatRequest,
+        *,
+        head: str,
+        request_id: str,
+        head_sampling: bool = False,
+        timeout_s: float | None = None,
     ) -> AsyncIterator[HeadText | HeadDone]:
         sampling = request.requested if head_sampling else request
         call = self._stub.Generate(
@@ -91,7 +105,8 @@ class GrpcHeadClient:
                 ),
             ),
             metadata=((REQUEST_ID_HEADER, request_id),),
-            timeout=self._deadline_s,
+            # Sent as grpc-timeout: the head stops on its own when the time is up.
+            timeout=self._deadline_s if timeout_s is None else min(self._deadline_s, timeout_s),
         )
         try:
             async for message in call:

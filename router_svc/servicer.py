@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from router_svc.cache import AdapterVersions
 from router_svc.cascade import Answer, Cascade, vote
 from router_svc.council import Candidate, Council
+from router_svc.deadline import deadline_after
 from router_svc.heads_client import HeadClient
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import Trace
@@ -64,6 +65,11 @@ def trace_to_proto(trace: Trace) -> router_pb2.DecisionTrace:
     )
 
 
+def _deadline(context: grpc.aio.ServicerContext) -> float:
+    """The caller's deadline (its grpc-timeout) as a time.monotonic() instant; infinity when it set none."""
+    return deadline_after(context.time_remaining())
+
+
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(
         self, cascade: Cascade, council: Council, traffic: TrafficLog, limits: Limits, metrics: RouterMetrics
@@ -85,7 +91,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Orchestrate(
         self, request: router_pb2.OrchestrateRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.OrchestrateResponse:
-        answer = await self.cascade.answer(self._chat(request), request_id_var.get())
+        answer = await self.cascade.answer(self._chat(request), request_id_var.get(), _deadline(context))
         return router_pb2.OrchestrateResponse(
             answer_id=answer.answer_id,
             text=answer.text,
@@ -98,7 +104,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def OrchestrateStream(
         self, request: router_pb2.OrchestrateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.OrchestrateStreamResponse]:
-        async for item in self.cascade.stream(self._chat(request), request_id_var.get()):
+        async for item in self.cascade.stream(self._chat(request), request_id_var.get(), _deadline(context)):
             if isinstance(item, Answer):
                 yield router_pb2.OrchestrateStreamResponse(
                     end=router_pb2.StreamEnd(
@@ -114,7 +120,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     async def Vote(self, request: router_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> router_pb2.VoteResponse:
         result, trace = await vote(
-            self.council, self._chat(request), request_id_var.get(), self.cascade.track, self.metrics
+            self.council,
+            self._chat(request),
+            request_id_var.get(),
+            self.cascade.track,
+            self.metrics,
+            _deadline(context),
         )
         return router_pb2.VoteResponse(
             candidates=[candidate_to_proto(c) for c in sorted(result.candidates, key=lambda c: -c.score)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,9 @@ from spiral_common.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from spiral_common.config import Settings
+
+# A lone surrogate (as JSON's "\ud800" decodes) is not text: it cannot be encoded as UTF-8 for protobuf.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 ROLES = ("system", "user", "assistant")
 MAX_STOP_SEQUENCES = 4
@@ -97,6 +101,12 @@ def validate_chat(
                 reason="INVALID_ROLE",
                 field=f"messages[{i}].role",
             )
+        if _SURROGATE.search(message.content):
+            raise InvalidArgument(
+                f"messages[{i}].content holds a lone UTF-16 surrogate, which is not text (it cannot be UTF-8)",
+                reason="INVALID_TEXT",
+                field=f"messages[{i}].content",
+            )
         total += len(message.content)
     if not any(m.content.strip() for m in messages if m.role != "system"):
         raise InvalidArgument("the conversation has no user or assistant text", reason="EMPTY_PROMPT", field="messages")
@@ -127,7 +137,9 @@ def validate_chat(
         raise InvalidArgument(
             f"top_p must be in (0, 1], got {top_p}", reason="TOP_P_OUT_OF_RANGE", field="params.top_p"
         )
-    if len(params.stop) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_STOP_CHARS for s in params.stop):
+    if len(params.stop) > MAX_STOP_SEQUENCES or any(
+        not s or len(s) > MAX_STOP_CHARS or _SURROGATE.search(s) for s in params.stop
+    ):
         raise InvalidArgument(
             f"stop takes at most {MAX_STOP_SEQUENCES} non-empty sequences of at most {MAX_STOP_CHARS} characters",
             reason="INVALID_STOP",

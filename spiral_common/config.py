@@ -168,6 +168,10 @@ class GatewaySettings:
     gateway_addr: Address = _addr("127.0.0.1:8080", 1)
     # Request bodies over this many bytes are refused with 413 before they are parsed.
     gateway_max_body_bytes: int = field(default=1024 * 1024, metadata={"min": 1024})
+    # The deadline of each call to the routers (sent as grpc-timeout through Envoy to the router and the
+    # heads), seconds: beyond it the client gets 504 and every hop stops working on the request. It should
+    # cover the council's and the cloud's deadlines (SPIRAL_COUNCIL_DEADLINE_S, SPIRAL_CLOUD_TIMEOUT_S).
+    gateway_request_timeout_s: float = field(default=180.0, metadata={"min": 1.0})
 
     def __post_init__(self) -> None:
         _check(self)
@@ -402,6 +406,13 @@ class Settings:
     shutdown_grace_s: float = field(default=30.0, metadata={"min": 0.0})
     # Adapter registry (GGUF LoRA files the trainer publishes and the heads load); empty means <run_dir>/adapters.
     adapters_dir: str = ""
+    # Liveness watchdog (deploy/watchdog.py): every interval (0: no watchdog) it asks each service's health with a
+    # deadline, and restarts one that was answering and then misses `failures` probes in a row, or that never
+    # answers within the start grace.
+    liveness_interval_s: float = field(default=5.0, metadata={"min": 0.0})
+    liveness_timeout_s: float = field(default=2.0, metadata={"min": 0.1})
+    liveness_failures: int = field(default=3, metadata={"min": 1})
+    liveness_start_grace_s: float = field(default=300.0, metadata={"min": 0.0})
 
     redis: RedisSettings = field(default_factory=RedisSettings)
     envoy: EnvoySettings = field(default_factory=EnvoySettings)

@@ -77,6 +77,12 @@ class Unavailable(SpiralError):
     reason = "UNAVAILABLE"
 
 
+class DeadlineExceeded(SpiralError):
+    """The caller's deadline passed before an answer was ready; the work stopped there."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
 class NotImplementedYet(SpiralError):
     """The RPC is part of the contract but its behaviour has not been built yet."""
 

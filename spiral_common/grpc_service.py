@@ -41,6 +41,7 @@ _STATUS_BY_ERROR: list[tuple[type[errors.SpiralError], grpc.StatusCode]] = [
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.NotImplementedYet, grpc.StatusCode.UNIMPLEMENTED),
 ]
 

@@ -8,7 +8,7 @@ from google.protobuf import json_format
 
 from gateway.convert import checked_chat
 from gateway.schemas import FeedbackBody, OrchestrateBody, VoteBody
-from gateway.state import CallMetadata, ChatLimits, Stubs
+from gateway.state import CallMetadata, CallTimeout, ChatLimits, Stubs
 from spiral.router.v1 import router_pb2
 
 RATINGS = {"good": router_pb2.RATING_GOOD, "bad": router_pb2.RATING_BAD}
@@ -17,20 +17,25 @@ router = APIRouter()
 
 
 @router.post("/orchestrate", summary="Answer through the cascade; the reply carries the decision trace")
-async def orchestrate(body: OrchestrateBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits) -> JSONResponse:
+async def orchestrate(
+    body: OrchestrateBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits, timeout: CallTimeout
+) -> JSONResponse:
     chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Orchestrate(
         router_pb2.OrchestrateRequest(messages=chat.messages, params=chat.params, model=body.model),
         metadata=metadata,
+        timeout=timeout,
     )
     return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 
 
 @router.post("/vote", summary="Run the council alone; every candidate with its score, best first")
-async def vote(body: VoteBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits) -> JSONResponse:
+async def vote(
+    body: VoteBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits, timeout: CallTimeout
+) -> JSONResponse:
     chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Vote(
-        router_pb2.VoteRequest(messages=chat.messages, params=chat.params), metadata=metadata
+        router_pb2.VoteRequest(messages=chat.messages, params=chat.params), metadata=metadata, timeout=timeout
     )
     return JSONResponse(json_format.MessageToDict(reply, preserving_proto_field_name=True))
 

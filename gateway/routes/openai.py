@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from gateway.convert import checked_chat
 from gateway.errors import rpc_error_body
 from gateway.schemas import NO_OP_VALUES, ChatCompletionRequest
-from gateway.state import CallMetadata, ChatLimits, Stubs
+from gateway.state import CallMetadata, CallTimeout, ChatLimits, Stubs
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2
 from spiral_common import errors
@@ -41,7 +41,12 @@ async def list_models() -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", summary="Chat completion (OpenAI-compatible; stream=true answers as SSE)")
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits
+    body: ChatCompletionRequest,
+    request: Request,
+    stubs: Stubs,
+    metadata: CallMetadata,
+    limits: ChatLimits,
+    timeout: CallTimeout,
 ) -> Response:
     unsupported = body.unsupported_field()
     if unsupported is not None:
@@ -55,9 +60,13 @@ async def chat_completions(
     proto: dict[str, Any] = dict(messages=chat.messages, params=chat.params, model=body.model)
     created = int(time.time())
     if not body.stream:
-        reply = await stubs.router.Orchestrate(router_pb2.OrchestrateRequest(**proto), metadata=metadata)
+        reply = await stubs.router.Orchestrate(
+            router_pb2.OrchestrateRequest(**proto), metadata=metadata, timeout=timeout
+        )
         return JSONResponse(_completion(reply, created))
-    call = stubs.router.OrchestrateStream(router_pb2.OrchestrateStreamRequest(**proto), metadata=metadata)
+    call = stubs.router.OrchestrateStream(
+        router_pb2.OrchestrateStreamRequest(**proto), metadata=metadata, timeout=timeout
+    )
     first = await _next_event(call)  # an error before any token is still a plain HTTP error
     chunks = _Chunks(id=f"chatcmpl-{request.state.request_id}", created=created, model=body.model)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -10,12 +10,14 @@ request metrics or the traffic log itself.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from router_svc.council import Candidate
+from router_svc.deadline import NO_DEADLINE, time_left_s
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Outcome, Tier, Track
 
@@ -105,12 +107,19 @@ class CascadeRequest:
     prompt: str | None  # the user's text when the conversation is a single user turn, else None
     trace: Trace
     clock: Clock
+    # The caller's deadline (a time.monotonic() instant; infinity for none): a tier takes no longer than
+    # `time_left_s()` gives it.
+    deadline: float = NO_DEADLINE
     # Set by the cache tier: the adapter version now serving this track, and the key to store the answer under.
     adapter_version: str = ""
     cache_key: str = ""
     # Set by a tier that has an answer it would not vouch for (the council below its threshold): served
     # only when no later tier answers, as Tier.LOCAL_FALLBACK, and never taught.
     fallback: TierResult | None = None
+
+    def time_left_s(self, limit_s: float = math.inf) -> float:
+        """A tier's share: its own limit, cut to the caller's remaining time less a margin (0: none left)."""
+        return time_left_s(self.deadline, limit_s)
 
 
 class CascadeTier(Protocol):

@@ -9,7 +9,7 @@ from router_svc.cloud import Attempt, CloudFallback
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, Pass, TierResult, TraceStep
 from spiral_common.enums import Outcome, Tier
-from spiral_common.errors import BudgetExceeded, Unavailable
+from spiral_common.errors import BudgetExceeded, DeadlineExceeded, Unavailable
 
 
 class CloudTier:
@@ -35,7 +35,10 @@ class CloudTier:
     async def answer(self, request: CascadeRequest) -> AsyncIterator[str | TierResult | Pass]:
         attempts: list[Attempt] = []
         try:
-            cloud = await self.cloud.answer(request.chat, attempts)
+            cloud = await self.cloud.answer(request.chat, attempts, request.deadline)
+        except DeadlineExceeded:
+            self._steps(attempts)  # counted; the cascade traces the refusal
+            raise
         except BudgetExceeded as exc:
             self._steps(attempts)  # counted; the refusal itself is the cascade's to trace
             await self._publish_budget()

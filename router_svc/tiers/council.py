@@ -39,7 +39,7 @@ class CouncilTier:
         if not self.council.members:
             yield Pass(Outcome.SKIPPED, "no council heads configured", reason="NO_COUNCIL")
             return
-        result = await self.council.run(request.chat, request.request_id)
+        result = await self.council.run(request.chat, request.request_id, request.deadline)
         candidates = tuple(result.candidates)
         winner = result.winner
         if winner is None:

@@ -21,7 +21,11 @@ class HeadTier:
         pieces: list[str] = []
         done: HeadDone | None = None
         async for event in self.heads.generate(
-            request.chat, head=self.head, request_id=request.request_id, head_sampling=True
+            request.chat,
+            head=self.head,
+            request_id=request.request_id,
+            head_sampling=True,
+            timeout_s=request.time_left_s(),
         ):
             if isinstance(event, HeadText):
                 pieces.append(event.text)

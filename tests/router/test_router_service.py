@@ -22,7 +22,7 @@ from spiral_common.enums import Track
 from spiral_common.logs import REQUEST_ID_HEADER
 from spiral_common.specs import load_providers
 from spiral_common.traffic import decode_entry
-from tests.helpers import reason_of
+from tests.helpers import reason_of, wait_until_async
 
 ADMIN = (("authorization", "Bearer admin-secret"),)
 
@@ -35,9 +35,11 @@ class ScriptedHeads:
         self.delays = delays or {}
         self.calls: list[tuple[str, object, str]] = []
         self.cancelled: list[str] = []
+        self.timeouts: dict[str, float | None] = {}  # the time each head was given, by head
 
-    async def generate(self, request, *, head, request_id, head_sampling=False):
+    async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
         self.calls.append((head, request, request_id))
+        self.timeouts[head] = timeout_s
         script = self.scripts.get(head, "Paris is the capital of France.")
         try:
             await asyncio.sleep(self.delays.get(head, 0))
@@ -233,6 +235,26 @@ async def test_stragglers_past_the_deadline_are_cancelled_and_the_rest_vote(make
     creative = next(c for c in reply.trace.candidates if c.head == "creative")
     assert creative.error == "DEADLINE_EXCEEDED" and not creative.winner
     assert heads.cancelled == ["creative"]
+
+
+async def test_a_callers_deadline_bounds_the_council_and_the_heads_calls_are_cancelled(make_router, cloud):
+    heads = ScriptedHeads(delays={h: 30 for h in ("precise", "concise", "creative")})
+    router = await make_router(heads)  # the council's own deadline is 2 s: the caller's 1 s comes first
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()), timeout=1)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert asyncio.get_running_loop().time() - started < 1.5
+    # Each head's call carried what the caller had left, not the council's 2 s ...
+    assert sorted(heads.timeouts) == ["concise", "creative", "precise"]
+    assert all(0 < t <= 1 for t in heads.timeouts.values()), heads.timeouts
+
+    async def all_cancelled() -> bool:
+        return sorted(heads.cancelled) == ["concise", "creative", "precise"]
+
+    # ... and every one was cancelled, and the cloud was not started with no time left.
+    await wait_until_async(all_cancelled, 5, "every head's call to be cancelled")
+    assert not cloud.requests
 
 
 async def test_a_single_member_council_streams_the_head_directly(make_router):

@@ -28,6 +28,9 @@ HELLO = [Message("user", "hello")]
         (HELLO, GenerationParams(max_tokens=3_000_000_000), "MAX_TOKENS_OUT_OF_RANGE", "params.max_tokens"),
         (HELLO, GenerationParams(seed=2**70), "SEED_OUT_OF_RANGE", "params.seed"),
         (HELLO, GenerationParams(seed=-(2**63) - 1), "SEED_OUT_OF_RANGE", "params.seed"),
+        ([Message("user", "\ud800 hi")], GenerationParams(), "INVALID_TEXT", "messages[0].content"),
+        (HELLO, GenerationParams(stop=("\udfff",)), "INVALID_STOP", "params.stop"),
+        (HELLO, GenerationParams(temperature=float("nan")), "TEMPERATURE_OUT_OF_RANGE", "params.temperature"),
     ],
 )
 def test_invalid_input_names_reason_and_field(messages, params, reason, field):

@@ -1,5 +1,6 @@
 """Envoy and supervisord configs rendered from a profile: valid for Envoy, and true to the profile."""
 
+import configparser
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.render import render_envoy, render_supervisord
+from deploy.render import FATAL_CONFIG_EXIT, render_envoy, render_supervisord
 from spiral_common import canary
 from spiral_common.config import load_settings
 from spiral_common.errors import InvalidArgument
@@ -42,7 +43,6 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
     assert split["runtime_key_prefix"] == "spiral.routers"
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 75, "canary_first": 25}
     assert route["timeout"] == "0s"  # streams must not hit the 15 s default
-    assert "unavailable" in route["retry_policy"]["retry_on"]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     for name in ("router_main", "router_canary"):
         assert clusters[name]["common_lb_config"]["healthy_panic_threshold"]["value"] == 0
@@ -52,6 +52,28 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
     # each side of the split falls over to the other router when its own has no healthy host
     assert clusters["canary_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_canary", "router_main"]
     assert clusters["main_first"]["cluster_type"]["typed_config"]["clusters"] == ["router_main", "router_canary"]
+
+
+def test_only_calls_no_router_saw_are_retried_and_on_the_other_router(tmp_path):
+    config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
+    policy = _route(config, "/spiral.router.v1.")["route"]["retry_policy"]
+    # No gRPC status: NO_TIER_ANSWERED (UNAVAILABLE), overload (RESOURCE_EXHAUSTED) and DEADLINE_EXCEEDED are
+    # a router's answers, which a retry would only repeat; a reset before any response (a dead router) is retried.
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
+    assert 1 <= policy["num_retries"] <= 2
+    assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
+    assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+
+
+def test_every_route_honours_the_callers_grpc_timeout_and_streams_have_no_route_timeout(tmp_path):
+    config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert len(routes) > 1
+    for route in routes:
+        assert route["route"]["timeout"] == "0s", route["match"]
+        # 0s: the caller's grpc-timeout, uncapped, is the call's limit; a call without one has none.
+        assert route["route"]["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}, route["match"]
 
 
 def test_a_set_weight_survives_a_restart(tmp_path, monkeypatch):
@@ -104,3 +126,30 @@ def test_supervisord_runs_every_service_and_passes_the_settings():
         assert f"[program:{program}]" in conf
     assert f'SPIRAL_HEAD_ADDR="{settings.head.head_addr}"' in conf
     assert 'SPIRAL_TRACK="canary"' in conf
+
+
+def _program_section(conf: str, name: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(conf)
+    return dict(parser[f"program:{name}"])
+
+
+def test_a_service_failing_on_its_config_is_not_restarted_in_a_loop():
+    conf = render_supervisord(load_settings({"SPIRAL_PROFILE": "quick_test"}), sys.executable)
+    for program in ("head", "router-main", "router-canary", "trainer", "miner", "gateway", "watchdog"):
+        section = _program_section(conf, program)
+        # exit 2 (fatal configuration) is expected: supervisord leaves it EXITED instead of restarting it
+        assert (section["autorestart"], section["exitcodes"]) == ("unexpected", str(FATAL_CONFIG_EXIT)), program
+        # a crash within startsecs is retried a few times with back-off, then FATAL
+        assert int(section["startsecs"]) >= 1 and 1 <= int(section["startretries"]) <= 5, program
+    for program in ("redis", "envoy", "prometheus"):
+        assert _program_section(conf, program)["autorestart"] == "true"
+
+
+def test_the_watchdog_runs_unless_its_interval_is_zero():
+    watched = render_supervisord(load_settings({"SPIRAL_PROFILE": "quick_test"}), sys.executable)
+    assert "-m deploy.watchdog" in _program_section(watched, "watchdog")["command"]
+    off = render_supervisord(
+        load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_LIVENESS_INTERVAL_S": "0"}), sys.executable
+    )
+    assert "[program:watchdog]" not in off

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent import futures
 
 import grpc
@@ -24,9 +25,15 @@ class Router(router_pb2_grpc.RouterServiceServicer):
 
     def __init__(self) -> None:
         self.request_ids: list[str] = []
+        self.time_remaining: list[float | None] = []  # each Orchestrate's deadline, as the router saw it
 
     def Orchestrate(self, request, context):
         self.request_ids.append(dict(context.invocation_metadata()).get("x-request-id", ""))
+        self.time_remaining.append(context.time_remaining())
+        if request.messages[-1].content == "take your time":
+            gave_up = time.monotonic() + 10
+            while context.is_active() and time.monotonic() < gave_up:  # until the caller's deadline
+                time.sleep(0.01)
         return router_pb2.OrchestrateResponse(
             answer_id="a1", text="hi", model="spiral", finish_reason=chat_pb2.FINISH_REASON_LENGTH
         )
@@ -154,3 +161,23 @@ def test_healthz_reports_the_router_serving_and_metrics_count_by_route(client):
     assert client.get("/healthz").json() == {"status": "ok", "router": "SERVING"}
     metrics = client.get("/metrics").text
     assert 'gateway_http_requests_total{method="GET",route="/healthz",status="200"}' in metrics
+
+
+def test_every_call_to_the_router_carries_the_gateways_deadline(router, client):
+    servicer, _ = router
+    assert client.post("/v1/chat/completions", json={"model": "spiral", "messages": HELLO}).status_code == 200
+    remaining = servicer.time_remaining[-1]
+    # SPIRAL_GATEWAY_REQUEST_TIMEOUT_S, 180 s by default (grpc-timeout is rounded up on the wire)
+    assert remaining is not None and 170 < remaining <= 181
+
+
+def test_a_router_past_the_deadline_is_a_504_deadline_exceeded(router):
+    _, port = router
+    settings = load_settings({"SPIRAL_GATEWAY_REQUEST_TIMEOUT_S": "1"}, envoy_addr=f"127.0.0.1:{port}")
+    with TestClient(create_app(settings, CollectorRegistry())) as short:
+        reply = short.post(
+            "/v1/chat/completions",
+            json={"model": "spiral", "messages": [{"role": "user", "content": "take your time"}]},
+        )
+    assert reply.status_code == 504
+    assert reply.json()["error"]["reason"] == "DEADLINE_EXCEEDED"
