@@ -1,1 +1,1 @@
-"""The release gate: `python -m deploy.gate` runs its ten stages (docs/gate.md)."""
+"""The release gate: `python -m deploy.gate` runs its stages (docs/gate.md)."""

@@ -1,4 +1,4 @@
-"""`python -m deploy.gate` (`make gate`, `make test`): the ten-stage release gate.
+"""`python -m deploy.gate` (`make gate`, `make test`): the release gate.
 
 Runs every stage in order (a red stage does not stop the others), writes artifacts/gate-summary.json and
 artifacts/gate-summary.md (stage, result, time, key numbers), prints the Markdown summary and exits 1 if

@@ -1,4 +1,4 @@
-"""The ten stages of the release gate, in the issue's order.
+"""The stages of the release gate: the ten of the issue, in its order, and the hostile-input stage (11).
 
 The test stages split `tests/` between them so that every test runs exactly once: stage 7 takes the
 tests marked `gate_trainer_job` (the dummy trainer job, wherever it lives); of the others, by path,
