@@ -75,6 +75,15 @@ class LlamaEngine:
         )
         vocab = model.vocab
         self._is_end_of_generation = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        # llama.cpp asks this between the graph nodes of every llama_decode: a cancelled call stops inside the
+        # evaluation of a long prompt (one native call per n_batch tokens) instead of after it.
+        self._cancelled: threading.Event | None = None
+        self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)  # held: llama.cpp keeps a pointer
+        llama_cpp.llama_set_abort_callback(self._llama.ctx, self._abort_callback, None)
+
+    def _should_abort(self, _data: object) -> bool:
+        cancelled = self._cancelled
+        return cancelled is not None and cancelled.is_set()
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
         # validate_chat admits only system, user and assistant roles: each dict is one of llama.cpp's message types.
@@ -118,10 +127,22 @@ class LlamaEngine:
     ) -> Outcome:
         with self._lock:
             self._use_adapter(adapter)
-            return self._generate(request, emit, cancelled)
+            self._cancelled = cancelled
+            try:
+                return self._generate(request, emit, cancelled)
+            except RuntimeError:
+                if not cancelled.is_set():
+                    raise
+                # llama_decode was aborted part-way: forget the cached tokens, the next prompt evaluates afresh.
+                self._llama.reset()
+                return Outcome("cancelled", 0, 0)
+            finally:
+                self._cancelled = None
 
     def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
         tokens = self.prompt_tokens(request)
+        if cancelled.is_set():  # the caller left while the template was rendered
+            return Outcome("cancelled", len(tokens), 0)
         if len(tokens) + request.max_tokens > self.context_tokens:
             raise InvalidArgument(
                 f"prompt ({len(tokens)} tokens) plus max_tokens ({request.max_tokens}) exceed the context window "
