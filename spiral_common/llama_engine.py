@@ -75,15 +75,20 @@ class LlamaEngine:
         )
         vocab = model.vocab
         self._is_end_of_generation = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
-        # llama.cpp asks this between the graph nodes of every llama_decode: a cancelled call stops inside the
-        # evaluation of a long prompt (one native call per n_batch tokens) instead of after it.
+        # While a prompt is evaluated (one native call per n_batch tokens) llama.cpp asks this between the graph
+        # nodes of each decode, so a cancelled call stops inside a long prompt instead of after it. It is unset
+        # once tokens flow: the token loop checks the flag itself, without a callback per graph node.
         self._cancelled: threading.Event | None = None
         self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)  # held: llama.cpp keeps a pointer
-        llama_cpp.llama_set_abort_callback(self._llama.ctx, self._abort_callback, None)
+        self._no_abort_callback = llama_cpp.ggml_abort_callback(0)
 
     def _should_abort(self, _data: object) -> bool:
         cancelled = self._cancelled
         return cancelled is not None and cancelled.is_set()
+
+    def _check_abort_in_decode(self, on: bool) -> None:
+        callback = self._abort_callback if on else self._no_abort_callback
+        self._llama_cpp.llama_set_abort_callback(self._llama.ctx, callback, None)
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
         # validate_chat admits only system, user and assistant roles: each dict is one of llama.cpp's message types.
@@ -128,6 +133,7 @@ class LlamaEngine:
         with self._lock:
             self._use_adapter(adapter)
             self._cancelled = cancelled
+            self._check_abort_in_decode(True)
             try:
                 return self._generate(request, emit, cancelled)
             except RuntimeError:
@@ -137,6 +143,7 @@ class LlamaEngine:
                 self._llama.reset()
                 return Outcome("cancelled", 0, 0)
             finally:
+                self._check_abort_in_decode(False)
                 self._cancelled = None
 
     def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
@@ -158,6 +165,8 @@ class LlamaEngine:
         generated = 0
         finish = "length"
         for token in self._llama.generate(tokens, temp=request.temperature, top_p=request.top_p, reset=True):
+            if not generated:
+                self._check_abort_in_decode(False)  # the prompt is in; the loop below checks per token
             if self._is_end_of_generation(token):
                 finish = "stop"
                 break

@@ -19,6 +19,7 @@ from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import load_settings
+from spiral_common.grpc_service import EXIT_MARGIN_S
 from tests.helpers import free_ports, wait_until, wait_until_async
 
 BASE = head_pb2.BaseModel(path="embedded", sha256="0" * 64)
@@ -131,7 +132,7 @@ def test_sigterm_with_a_generation_running_exits_0_within_the_grace(tmp_path):
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             # grace + the exit margin + slack for a loaded machine: a hang guard, the number is in bench.stop
-            assert process.wait(timeout=grace_s + 5 + 20) == 0
+            assert process.wait(timeout=grace_s + EXIT_MARGIN_S + 20) == 0
             waited = time.monotonic() - signalled
             with pytest.raises(grpc.RpcError):
                 list(stream)  # the generation outlived the grace: cut, not finished
