@@ -69,7 +69,11 @@ async def main() -> None:
         if spec.adapter:
             await pool.load_adapter(spec.adapter, [spec.name], tracks=BOTH_TRACKS)
     log.info("model loaded")
-    await serve_until_signalled(runtime, settings.shutdown_grace_s)
+
+    async def close() -> None:
+        pool.close()
+
+    await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=close)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ class HeadPool:
         self._engine: Engine | None = None
         # llama.cpp contexts are not thread-safe: every generation runs on this one thread, in order.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        # The cancel flags of the generations running or queued, so that close() can stop them all.
+        self._outstanding: set[threading.Event] = set()
+        self.generations_run = 0  # started on the engine
+        self.generations_dropped = 0  # queued, and skipped because their caller had gone
 
     async def load(self, factory: Callable[[], Engine]) -> None:
         """Build the engine on the generation thread; the pool serves once this returns."""
@@ -130,6 +134,14 @@ class HeadPool:
             adapter.freed = True
             asyncio.get_running_loop().run_in_executor(self._executor, self._engine.free_adapter, adapter.handle)
 
+    def close(self) -> None:
+        """Cancel every generation still running or queued and let the generation thread go.
+
+        The thread is not waited for: a generation stuck in native code must not hold the process up."""
+        for cancelled in self._outstanding:
+            cancelled.set()
+        self._executor.shutdown(wait=False)  # queued requests still run, to see their flag and end
+
     @property
     def queue_depth(self) -> int:
         return max(self.active - 1, 0)
@@ -144,7 +156,8 @@ class HeadPool:
         return spec
 
     async def generate(self, head: str, request: ChatRequest, track: Track = Track.MAIN) -> AsyncIterator[Delta | End]:
-        """Stream one head's answer. Closing the iterator early stops the generation at the next token.
+        """Stream one head's answer. Closing the iterator early stops the generation within one llama.cpp
+        step (a token, or a slice of the prompt's evaluation); a request still queued is dropped unrun.
 
         The adapter is taken from the head's slot for `track` when the call starts, and held to the end."""
         spec = self.spec(head)
@@ -167,11 +180,13 @@ class HeadPool:
 
         def run() -> None:
             try:
-                outcome = (
-                    engine.generate(request, emit, cancelled, handle)
-                    if not cancelled.is_set()
-                    else Outcome("cancelled", 0, 0)
-                )
+                if cancelled.is_set():
+                    self.generations_dropped += 1  # only this thread writes the counters
+                    log.info("dropped a queued generation: its caller is gone", extra={"head": spec.name})
+                    outcome = Outcome("cancelled", 0, 0)
+                else:
+                    self.generations_run += 1
+                    outcome = engine.generate(request, emit, cancelled, handle)
                 loop.call_soon_threadsafe(queue.put_nowait, outcome)
             except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -181,6 +196,7 @@ class HeadPool:
         last_flush = 0.0
         held: str | Outcome | BaseException | None = None
         self.active += 1
+        self._outstanding.add(cancelled)
         if adapter:
             adapter.users += 1
         try:
@@ -222,7 +238,10 @@ class HeadPool:
                 else:
                     raise item
         finally:
+            # A caller that is gone (cancel, deadline, server stop) lands here: the engine stops at its next
+            # check, or skips the request if it is still queued.
             cancelled.set()
+            self._outstanding.discard(cancelled)
             self.active -= 1
             if adapter:
                 adapter.users -= 1

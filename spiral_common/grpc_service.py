@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -267,7 +269,10 @@ async def serve_until_signalled(
     runtime: ServiceRuntime, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None
 ) -> None:
     """Report SERVING on a started server until SIGTERM/SIGINT, then drain: NOT_SERVING, then let in-flight
-    calls finish within the grace period."""
+    calls finish within the grace period; calls still running then are cancelled.
+
+    The process exits within `grace_s + EXIT_MARGIN_S` of the signal whatever its threads do: a thread stuck in
+    native code (a llama.cpp call, a blocking client) is abandoned with os._exit after that, and logged."""
     await runtime.set_serving(True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -276,11 +281,31 @@ async def serve_until_signalled(
     log.info("serving", extra={"port": runtime.port})
     await stop.wait()
     log.info("draining", extra={"grace_s": grace_s})
+    _exit_after(grace_s + EXIT_MARGIN_S)
     await runtime.health.enter_graceful_shutdown()
     await runtime.server.stop(grace_s)
     if on_stop is not None:
         await on_stop()
     log.info("stopped")
+
+
+# After the grace, for on_stop and the interpreter's own shutdown; below the 5 s supervisord adds before it
+# sends SIGKILL (deploy/render.py, stopwaitsecs), so that a stuck process still exits 0 and says what it left.
+EXIT_MARGIN_S = 3.0
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit the process `seconds` from now unless it has exited by itself (a daemon thread dies with it)."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        stuck = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+        log.warning("exiting with threads still running, abandoned", extra={"threads": stuck})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
 
 
 def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:

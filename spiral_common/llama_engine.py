@@ -75,6 +75,20 @@ class LlamaEngine:
         )
         vocab = model.vocab
         self._is_end_of_generation = lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        # While a prompt is evaluated (one native call per n_batch tokens) llama.cpp asks this between the graph
+        # nodes of each decode, so a cancelled call stops inside a long prompt instead of after it. It is unset
+        # once tokens flow: the token loop checks the flag itself, without a callback per graph node.
+        self._cancelled: threading.Event | None = None
+        self._abort_callback = llama_cpp.ggml_abort_callback(self._should_abort)  # held: llama.cpp keeps a pointer
+        self._no_abort_callback = llama_cpp.ggml_abort_callback(0)
+
+    def _should_abort(self, _data: object) -> bool:
+        cancelled = self._cancelled
+        return cancelled is not None and cancelled.is_set()
+
+    def _check_abort_in_decode(self, on: bool) -> None:
+        callback = self._abort_callback if on else self._no_abort_callback
+        self._llama_cpp.llama_set_abort_callback(self._llama.ctx, callback, None)
 
     def prompt_tokens(self, request: ChatRequest) -> list[int]:
         # validate_chat admits only system, user and assistant roles: each dict is one of llama.cpp's message types.
@@ -118,10 +132,24 @@ class LlamaEngine:
     ) -> Outcome:
         with self._lock:
             self._use_adapter(adapter)
-            return self._generate(request, emit, cancelled)
+            self._cancelled = cancelled
+            self._check_abort_in_decode(True)
+            try:
+                return self._generate(request, emit, cancelled)
+            except RuntimeError:
+                if not cancelled.is_set():
+                    raise
+                # llama_decode was aborted part-way: forget the cached tokens, the next prompt evaluates afresh.
+                self._llama.reset()
+                return Outcome("cancelled", 0, 0)
+            finally:
+                self._check_abort_in_decode(False)
+                self._cancelled = None
 
     def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
         tokens = self.prompt_tokens(request)
+        if cancelled.is_set():  # the caller left while the template was rendered
+            return Outcome("cancelled", len(tokens), 0)
         if len(tokens) + request.max_tokens > self.context_tokens:
             raise InvalidArgument(
                 f"prompt ({len(tokens)} tokens) plus max_tokens ({request.max_tokens}) exceed the context window "
@@ -137,6 +165,8 @@ class LlamaEngine:
         generated = 0
         finish = "length"
         for token in self._llama.generate(tokens, temp=request.temperature, top_p=request.top_p, reset=True):
+            if not generated:
+                self._check_abort_in_decode(False)  # the prompt is in; the loop below checks per token
             if self._is_end_of_generation(token):
                 finish = "stop"
                 break
