@@ -209,6 +209,21 @@ def run_corpus(gateway: str, report: Report, log: Callable[[str], None], timeout
             log(json.dumps(asdict(answer)))
 
 
+def _fuzz_settings(max_examples: int) -> Any:
+    """Hypothesis as a generator only: a fixed number of cases, the same ones every run (derandomized, no
+    example database, no shrinking), no deadline or health check (the server's time is what is measured)."""
+    import hypothesis
+
+    return hypothesis.settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.generate],
+    )
+
+
 def _schemathesis_case(
     case: Any, name: str, gateway: str, report: Report, log: Callable[[str], None], timeout_s: float
 ) -> None:
@@ -249,14 +264,7 @@ def run_schemathesis(
     from schemathesis.openapi import from_dict
 
     spec = httpx.get(f"{gateway}/openapi.json", timeout=30).json()
-    settings = hypothesis.settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(hypothesis.HealthCheck),
-        phases=[hypothesis.Phase.generate],
-    )
+    settings = _fuzz_settings(max_examples)
     for result in from_dict(spec).get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
@@ -293,14 +301,7 @@ def run_grpc_fuzz(
     channel = grpc.insecure_channel(envoy)
     stub = router_pb2_grpc.RouterServiceStub(channel)
 
-    @hypothesis.settings(
-        max_examples=max_examples,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(hypothesis.HealthCheck),
-        phases=[hypothesis.Phase.generate],
-    )
+    @_fuzz_settings(max_examples)
     @hypothesis.given(messages=st.lists(message, max_size=6), params=params, model=st.sampled_from(["", "spiral", "x"]))
     def attack(messages: list[chat_pb2.ChatMessage], params: dict[str, Any], model: str) -> None:
         request = router_pb2.OrchestrateRequest(

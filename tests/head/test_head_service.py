@@ -12,9 +12,8 @@ from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.config import load_settings
+from tests.head.serving import BASE, running_head
 from tests.helpers import reason_of, wait_until_async
-
-BASE = head_pb2.BaseModel(path="embedded", sha256="0" * 64)
 
 
 def _request(text: str = "What is the capital of France?", **params) -> head_pb2.GenerateRequest:
@@ -26,16 +25,8 @@ def _request(text: str = "What is the capital of France?", **params) -> head_pb2
 
 @pytest.fixture
 async def head(engine):
-    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_HEAD_MAX_CONCURRENT": "2"})
-    pool = build_pool(settings)
-    runtime = create_server(settings, pool, BASE, port=0)
-    await runtime.start()
-    await pool.load(lambda: engine)
-    await runtime.set_serving(True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
-    yield head_pb2_grpc.HeadServiceStub(channel), pool
-    await channel.close()
-    await runtime.server.stop(None)
+    async with running_head(engine, max_concurrent=2) as running:
+        yield running
 
 
 async def _collect(call) -> tuple[str, head_pb2.GenerateEnd]:

@@ -14,15 +14,13 @@ import grpc
 import pytest
 
 from deploy.platform import grpc_health
-from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.chat import ChatRequest, Message
-from spiral_common.config import load_settings
 from spiral_common.grpc_service import EXIT_MARGIN_S
+from tests.head.serving import running_head
 from tests.helpers import free_ports, wait_until, wait_until_async
 
-BASE = head_pb2.BaseModel(path="embedded", sha256="0" * 64)
 # About 900 tokens: seconds of prompt evaluation on a CPU before the first token.
 LONG_PROMPT = "Summarise these notes.\n" + "The sea was calm and the boats came home. " * 85
 
@@ -36,16 +34,8 @@ def _request(text: str, max_tokens: int) -> head_pb2.GenerateRequest:
 
 @pytest.fixture
 async def head(engine):
-    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_HEAD_MAX_CONCURRENT": "3"})
-    pool = build_pool(settings)
-    runtime = create_server(settings, pool, BASE, port=0)
-    await runtime.start()
-    await pool.load(lambda: engine)
-    await runtime.set_serving(True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
-    yield head_pb2_grpc.HeadServiceStub(channel), pool
-    await channel.close()
-    await runtime.server.stop(None)
+    async with running_head(engine, max_concurrent=3) as running:
+        yield running
 
 
 async def _first_text(call) -> str:
