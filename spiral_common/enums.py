@@ -13,6 +13,7 @@ from typing import Self, cast
 
 from spiral.common.v1 import track_pb2
 from spiral.router.v1 import router_pb2
+from spiral_common.errors import InvalidArgument
 
 
 class _Labelled(enum.IntEnum):
@@ -81,8 +82,6 @@ def tracks_to_switch(track: int, *, legacy_canary_only: bool = False) -> tuple[T
     """The tracks an adapter switch touches, from a request's `track` (its deprecated boolean twin read only
     when `track` is unset): the canary alone, or both. Main alone is refused: main changes adapter only by
     promotion, which switches both tracks."""
-    from spiral_common.errors import InvalidArgument
-
     if track == Track.CANARY or (not track and legacy_canary_only):
         return (Track.CANARY,)
     if track == Track.MAIN:
