@@ -14,7 +14,7 @@ from spiral_common.adapters import AdapterRegistry
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.errors import HeadBusy, NotFound, Unavailable
-from spiral_common.llama_engine import Engine, Outcome
+from spiral_common.llama_engine import Engine, Outcome, check_fits
 from spiral_common.specs import HeadSpec
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,12 @@ class HeadPool:
         engine = self._engine
         if not any(m.role == "system" for m in request.messages):
             request = _with_system_prompt(request, spec.system_prompt)
+        # Known before generation: a prompt that cannot fit is refused here, counted in tokens off the event
+        # loop and off the generation thread, without waiting in the queue behind other generations.
+        tokens = await asyncio.to_thread(engine.prompt_tokens, request)
+        check_fits(len(tokens), request.max_tokens, engine.context_tokens)
+        if self.active >= self.max_concurrent:  # again: other calls came in while this one was counted
+            raise HeadBusy(f"{self.active} generations in flight, the cap is {self.max_concurrent}", retry_after_ms=500)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Outcome | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
@@ -186,7 +192,7 @@ class HeadPool:
                     outcome = Outcome("cancelled", 0, 0)
                 else:
                     self.generations_run += 1
-                    outcome = engine.generate(request, emit, cancelled, handle)
+                    outcome = engine.generate(request, emit, cancelled, handle, tokens)
                 loop.call_soon_threadsafe(queue.put_nowait, outcome)
             except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

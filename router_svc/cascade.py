@@ -168,7 +168,9 @@ class Cascade:
             self._first_token(request)
             yield result.text
         trace.total_latency_us = request.clock.total_us()
-        if result.cacheable and request.cache_key and result.finish_reason in ("stop", "length"):
+        # Only a natural stop is kept: a truncated answer (length, cancelled) would be served whole to the
+        # next asker of the same question, and the longer budget it might have asked for would never be tried.
+        if result.cacheable and request.cache_key and result.finish_reason == "stop":
             cached = CachedAnswer(
                 result.text,
                 result.finish_reason,

@@ -6,6 +6,9 @@ This module never imports grpc: the core raises these, the transport maps them.
 
 from __future__ import annotations
 
+# Reasons that more than one service raises or branches on.
+CONTEXT_OVERFLOW = "CONTEXT_OVERFLOW"  # the prompt and max_tokens exceed a head's context window
+
 
 class SpiralError(Exception):
     """Base of every error a client may see; carries an AIP-193 reason and metadata."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from spiral_common.chat import ChatRequest
-from spiral_common.errors import InvalidArgument
+from spiral_common.errors import CONTEXT_OVERFLOW, InvalidArgument
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import ChatCompletionRequestMessage
@@ -33,15 +33,37 @@ class Engine(Protocol):
 
     context_tokens: int
 
+    def prompt_tokens(self, request: ChatRequest) -> list[int]:
+        """The conversation rendered by the chat template and tokenized; safe beside a running generation."""
+        ...
+
     def generate(
-        self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event, adapter: object = None
+        self,
+        request: ChatRequest,
+        emit: Callable[[str], None],
+        cancelled: threading.Event,
+        adapter: object = None,
+        tokens: list[int] | None = None,
     ) -> Outcome:
-        """`adapter` is a handle from load_adapter, or None for the base model alone."""
+        """`adapter` is a handle from load_adapter, or None for the base model alone; `tokens` are the
+        request's prompt_tokens when the caller has them already."""
         ...
 
     def load_adapter(self, path: Path) -> object: ...
 
     def free_adapter(self, adapter: object) -> None: ...
+
+
+def check_fits(prompt_tokens: int, max_tokens: int, context_tokens: int) -> None:
+    """CONTEXT_OVERFLOW unless the prompt and the answer it may grow fit the context window."""
+    if prompt_tokens + max_tokens > context_tokens:
+        raise InvalidArgument(
+            f"prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceed the context window "
+            f"of {context_tokens} tokens",
+            reason=CONTEXT_OVERFLOW,
+            field="messages",
+            limit=str(context_tokens),
+        )
 
 
 class LlamaEngine:
@@ -128,14 +150,19 @@ class LlamaEngine:
         self._active_adapter = adapter
 
     def generate(
-        self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event, adapter: object = None
+        self,
+        request: ChatRequest,
+        emit: Callable[[str], None],
+        cancelled: threading.Event,
+        adapter: object = None,
+        tokens: list[int] | None = None,
     ) -> Outcome:
         with self._lock:
             self._use_adapter(adapter)
             self._cancelled = cancelled
             self._check_abort_in_decode(True)
             try:
-                return self._generate(request, emit, cancelled)
+                return self._generate(request, emit, cancelled, tokens)
             except RuntimeError:
                 if not cancelled.is_set():
                     raise
@@ -146,18 +173,14 @@ class LlamaEngine:
                 self._check_abort_in_decode(False)
                 self._cancelled = None
 
-    def _generate(self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event) -> Outcome:
-        tokens = self.prompt_tokens(request)
+    def _generate(
+        self, request: ChatRequest, emit: Callable[[str], None], cancelled: threading.Event, tokens: list[int] | None
+    ) -> Outcome:
+        if tokens is None:
+            tokens = self.prompt_tokens(request)
         if cancelled.is_set():  # the caller left while the template was rendered
             return Outcome("cancelled", len(tokens), 0)
-        if len(tokens) + request.max_tokens > self.context_tokens:
-            raise InvalidArgument(
-                f"prompt ({len(tokens)} tokens) plus max_tokens ({request.max_tokens}) exceed the context window "
-                f"of {self.context_tokens} tokens",
-                reason="CONTEXT_OVERFLOW",
-                field="messages",
-                limit=str(self.context_tokens),
-            )
+        check_fits(len(tokens), request.max_tokens, self.context_tokens)
         self._llama.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         stop_holdback = max((len(s) for s in request.stop), default=1) - 1

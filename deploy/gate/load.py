@@ -20,7 +20,8 @@ import grpc
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
 
-PROMPT = "Name three primary colours."
+# Answered in a few words, so it ends naturally within max_tokens: only such answers are cached.
+PROMPT = "What colour is the sky on a clear day? Answer in one word."
 WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

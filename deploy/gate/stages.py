@@ -271,7 +271,11 @@ def bench_smoke(ctx: GateContext) -> Outcome:
             "max_tokens": 16,
             "temperature": 0,
         }
-        httpx.post(url, json=body, timeout=180).raise_for_status()
+        primed = httpx.post(url, json=body, timeout=180)
+        primed.raise_for_status()
+        finish = primed.json()["choices"][0]["finish_reason"]
+        if finish != "stop":  # only natural stops are cached: the load would measure the council, not hits
+            return Outcome.judge([f"the primed answer ended with {finish!r}, so it was not cached"], {}, "")
         duration, callers = limits["duration_s"], limits["concurrency"]
         grpc = asyncio.run(grpc_load(s.envoy.envoy_addr, cache_request, duration, callers))
         rest = rest_load(url, duration, 8)

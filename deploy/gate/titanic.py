@@ -9,7 +9,9 @@ records the share of requests it answered, end-to-end latency p50/p95 (client si
 - pattern prompts: answered by the pattern head, containing every `expect` string (case-insensitive);
 - local prompts: answered locally or by the cloud, containing one of `expect`;
 - long prompts (over the local context window): answered by the cloud, containing one of `expect`;
-- repeated prompts: answered by the cache with exactly the text of the first answer.
+- repeated prompts: answered by the cache with exactly the text of the first answer when that answer ended
+  naturally (finish reason "stop"); a truncated first answer ("length") is never cached, so its repeat must
+  come from another tier.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Record:
     cost_usd_micros: int
     answer: str
     error: str = ""
+    finish_reason: str = ""
 
 
 def load_prompts(path: Path = PROMPTS_FILE) -> tuple[list[TitanicPrompt], int]:
@@ -94,10 +97,10 @@ def _quality(prompt: TitanicPrompt, text: str) -> bool:
     return all(found) if prompt.kind == "pattern" else any(found)
 
 
-def ask(client: openai.OpenAI, prompt: TitanicPrompt, max_tokens: int, run: str, first: str | None) -> Record:
+def ask(client: openai.OpenAI, prompt: TitanicPrompt, max_tokens: int, run: str, first: Record | None) -> Record:
     expected = {"pattern": "pattern", "local": "local|cloud", "long": "cloud"}[prompt.kind]
-    if run == "repeat":
-        expected = "cache"
+    if first is not None:
+        expected = "cache" if first.finish_reason == "stop" else "not cache"
     started = time.perf_counter()
     try:
         reply = client.chat.completions.create(
@@ -109,7 +112,10 @@ def ask(client: openai.OpenAI, prompt: TitanicPrompt, max_tokens: int, run: str,
     latency = (time.perf_counter() - started) * 1e3
     trace = (reply.model_extra or {}).get("spiral_trace", {})
     text = reply.choices[0].message.content or ""
-    passed = text == first if run == "repeat" else _quality(prompt, text)
+    if first is None:
+        passed = _quality(prompt, text)
+    else:
+        passed = text == first.answer if expected == "cache" else _quality(prompt, text)
     return Record(
         id=prompt.id,
         kind=prompt.kind,
@@ -121,13 +127,14 @@ def ask(client: openai.OpenAI, prompt: TitanicPrompt, max_tokens: int, run: str,
         router_latency_ms=round(int(trace.get("total_latency_us", 0)) / 1e3, 2),
         cost_usd_micros=int(trace.get("cost_usd_micros", 0)),
         answer=text,
+        finish_reason=reply.choices[0].finish_reason or "",
     )
 
 
 def run_titanic(gateway_url: str, prompts: list[TitanicPrompt], max_tokens: int) -> list[Record]:
     client = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="unused-locally", max_retries=0, timeout=180)
     records = [ask(client, p, max_tokens, "first", None) for p in prompts]
-    firsts = {r.id: r.answer for r in records}
+    firsts = {r.id: r for r in records}
     records += [ask(client, p, max_tokens, "repeat", firsts[p.id]) for p in prompts if p.kind in CACHEABLE]
     return records
 
@@ -152,7 +159,8 @@ def report(records: list[Record], limits: dict[str, Any]) -> tuple[list[str], di
             "quality": _ratio(sum(r.passed for r in answered), len(answered)),
         }
     pattern = [r for r in records if r.kind == "pattern"]
-    repeats = [r for r in records if r.run == "repeat"]
+    repeats = [r for r in records if r.run == "repeat" and r.expected_tier == "cache"]
+    truncated = [r for r in records if r.run == "repeat" and r.expected_tier == "not cache"]
     long = [r for r in records if r.kind == "long" and r.run == "first"]
     local = [r for r in records if r.kind == "local" and r.run == "first"]
     errors = [r for r in records if r.tier == "error"]
@@ -161,11 +169,15 @@ def report(records: list[Record], limits: dict[str, Any]) -> tuple[list[str], di
         "cache": _ratio(sum(r.tier == "cache" for r in repeats), len(repeats)),
         "cloud": _ratio(sum(r.tier == "cloud" for r in long), len(long)),
         "local_prompts_answered_locally": _ratio(sum(r.tier == "local" for r in local), len(local)),
+        "truncated_answers_repeated": len(truncated),
     }
     cost = sum(r.cost_usd_micros for r in records)
     failures = []
     if len(errors) > limits["max_errors"]:
         failures.append(f"{len(errors)} requests failed ({errors[0].id}: {errors[0].error[:120]})")
+    served_truncated = [r.id for r in truncated if r.tier == "cache"]
+    if served_truncated:
+        failures.append(f"truncated answers came back from the cache: {', '.join(served_truncated)}")
     for kind in ("pattern", "cache", "cloud"):
         if hits[kind] < limits[f"min_{kind}_hit_ratio"]:
             failures.append(f"{kind} hit ratio {hits[kind]} < {limits[f'min_{kind}_hit_ratio']}")

@@ -9,6 +9,7 @@ from router_svc.council import Candidate, Council
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, Pass, TierResult
 from spiral_common.enums import Outcome, Tier
+from spiral_common.errors import CONTEXT_OVERFLOW
 
 
 def _result(
@@ -43,6 +44,15 @@ class CouncilTier:
         candidates = tuple(result.candidates)
         winner = result.winner
         if winner is None:
+            if candidates and all(c.error == CONTEXT_OVERFLOW for c in candidates):
+                # Every head counted the prompt before generating: too long for them, maybe not for the cloud.
+                yield Pass(
+                    Outcome.SKIPPED,
+                    "context overflow",
+                    reason=CONTEXT_OVERFLOW,
+                    message="the prompt and max_tokens exceed the heads' context window",
+                )
+                return
             yield Pass(Outcome.FAILED, "no head answered", reason="NO_HEAD_ANSWERED", candidates=candidates)
             return
         self.metrics.council_agreement.observe(winner.agreement)

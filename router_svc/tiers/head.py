@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 from router_svc.heads_client import HeadClient, HeadDone, HeadText
 from router_svc.tiers.base import CascadeRequest, Pass, TierResult
-from spiral_common.enums import Tier
-from spiral_common.errors import Unavailable
+from spiral_common.enums import Outcome, Tier
+from spiral_common.errors import CONTEXT_OVERFLOW, InvalidArgument, Unavailable
 
 
 class HeadTier:
@@ -20,18 +20,25 @@ class HeadTier:
     async def answer(self, request: CascadeRequest) -> AsyncIterator[str | TierResult | Pass]:
         pieces: list[str] = []
         done: HeadDone | None = None
-        async for event in self.heads.generate(
-            request.chat,
-            head=self.head,
-            request_id=request.request_id,
-            head_sampling=True,
-            timeout_s=request.time_left_s(),
-        ):
-            if isinstance(event, HeadText):
-                pieces.append(event.text)
-                yield event.text
-            else:
-                done = event
+        try:
+            async for event in self.heads.generate(
+                request.chat,
+                head=self.head,
+                request_id=request.request_id,
+                head_sampling=True,
+                timeout_s=request.time_left_s(),
+            ):
+                if isinstance(event, HeadText):
+                    pieces.append(event.text)
+                    yield event.text
+                else:
+                    done = event
+        except InvalidArgument as exc:
+            if exc.reason != CONTEXT_OVERFLOW:
+                raise
+            # The head counted the prompt before generating: too long for it, maybe not for the cloud.
+            yield Pass(Outcome.SKIPPED, "context overflow", reason=CONTEXT_OVERFLOW, message=exc.message)
+            return
         if done is None:
             raise Unavailable("the head closed the stream without an end event", reason="HEAD_STREAM_TRUNCATED")
         yield TierResult(

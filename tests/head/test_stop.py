@@ -133,3 +133,17 @@ def test_sigterm_with_a_generation_running_exits_0_within_the_grace(tmp_path):
     assert waited >= grace_s
     text = (tmp_path / "head.log").read_text()
     assert '"message": "draining"' in text and '"message": "stopped"' in text
+
+
+async def test_a_prompt_over_the_context_is_refused_on_arrival_not_after_the_queue(head):
+    stub, pool = head
+    run_before = pool.generations_run
+    running = stub.Generate(_request("Tell me a long story about the sea.", 200))
+    assert await asyncio.wait_for(_first_text(running), 60)
+    too_long = "Count the zeros: " + "0 1 2 3 4 5 6 7 8 9 " * 150  # 3,017 characters, ~1,500 tokens: over 1,024
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await asyncio.wait_for(_first_text(stub.Generate(_request(too_long, 8))), 30)  # a hang guard
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context window" in (caught.value.details() or "")
+    assert pool.active == 1 and pool.generations_run == run_before + 1  # it never queued nor ran
+    running.cancel()

@@ -149,8 +149,11 @@ def test_a_pytest_stage_is_judged_from_its_report(tmp_path):
     assert stages.pytest_outcome(2, None).result == "red"
 
 
-def _record(kind: str, run: str, tier: str, passed: bool = True, ms: float = 5.0, cost: int = 0) -> Record:
-    return Record("p", kind, run, tier, "", passed, ms, ms, cost, "answer")
+def _record(
+    kind: str, run: str, tier: str, passed: bool = True, ms: float = 5.0, cost: int = 0, expected: str = ""
+) -> Record:
+    expected = expected or ("cache" if run == "repeat" else "")
+    return Record("p", kind, run, tier, expected, passed, ms, ms, cost, "answer")
 
 
 def test_the_titanic_report_gates_hit_ratios_quality_latency_and_cost():
@@ -171,6 +174,11 @@ def test_the_titanic_report_gates_hit_ratios_quality_latency_and_cost():
     assert body["errors"] == 1
     assert any(f.startswith("cache hit ratio 0.0") for f in failures)
     assert any("requests failed" in f for f in failures)
+    # A first answer cut at max_tokens is not cached: its repeat must come from another tier, not the cache.
+    truncated = [*good[:3], _record("local", "repeat", "local", expected="not cache")]
+    assert report(truncated, limits)[0] == []
+    served = [*good[:3], _record("local", "repeat", "cache", expected="not cache")]
+    assert any("truncated answers came back from the cache" in f for f in report(served, limits)[0])
 
 
 def test_the_titanic_prompt_set_loads():

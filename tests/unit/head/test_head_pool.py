@@ -10,7 +10,7 @@ import pytest
 
 from head_svc.heads import Delta, End, HeadPool
 from spiral_common.chat import ChatRequest, Message
-from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.errors import HeadBusy, InvalidArgument, NotFound, Unavailable
 from spiral_common.llama_engine import Outcome
 from spiral_common.specs import HeadSpec
 
@@ -27,7 +27,10 @@ class ScriptedEngine:
         self.saw_cancel = threading.Event()
         self.prompts: list[ChatRequest] = []
 
-    def generate(self, request, emit, cancelled, adapter=None):
+    def prompt_tokens(self, request):
+        return [0] * sum(len(m.content.split()) for m in request.messages)  # a token per word
+
+    def generate(self, request, emit, cancelled, adapter=None, tokens=None):
         self.prompts.append(request)
         for count, piece in enumerate(self.pieces, 1):
             time.sleep(self.gap_s)  # stands in for the time a token takes
@@ -92,3 +95,17 @@ async def test_beyond_the_cap_is_busy_and_unknown_heads_or_unloaded_models_are_r
         await anext(pool.generate("nobody", REQUEST))
     with pytest.raises(Unavailable):
         await anext(HeadPool([HeadSpec("default", "")], 1).generate("", REQUEST))
+
+
+async def test_a_prompt_over_the_context_window_is_refused_before_it_queues_behind_a_generation():
+    engine = ScriptedEngine(["x"] * 400, gap_s=0.01)  # four seconds of generation hold the engine
+    pool = await _pool(engine)
+    running = pool.generate("", REQUEST)
+    await anext(running)
+    too_long = ChatRequest(messages=(Message("user", "word " * 1020),), max_tokens=10, temperature=0.0, top_p=1.0)
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgument) as caught:
+        await anext(pool.generate("", too_long))
+    assert caught.value.reason == "CONTEXT_OVERFLOW" and time.perf_counter() - started < 1.0
+    assert pool.active == 1 and len(engine.prompts) == 1  # never queued, never run
+    await running.aclose()

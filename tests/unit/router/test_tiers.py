@@ -9,14 +9,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from router_svc.cascade import Answer, Cascade
+from router_svc.council import Council
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, Pass, TierResult
+from router_svc.tiers.council import CouncilTier
+from router_svc.tiers.head import HeadTier
 from spiral.common.v1 import track_pb2
 from spiral.router.v1 import router_pb2
 from spiral.traffic.v1.traffic_pb2 import TrafficExchange
 from spiral_common.chat import GenerationParams, Limits, Message, validate_chat
 from spiral_common.enums import Outcome, Tier, Track, tracks_to_switch
-from spiral_common.errors import InvalidArgument, Unavailable
+from spiral_common.errors import CONTEXT_OVERFLOW, InvalidArgument, Unavailable
 from spiral_common.traffic import Damaged, Rating, decode_entry, single_turn, teacher_answer
 
 
@@ -158,3 +161,43 @@ async def test_when_every_tier_passes_the_request_fails_with_the_reasons():
     with pytest.raises(Unavailable) as caught:
         await cascade.answer(_chat(), "r")
     assert caught.value.reason == "NO_TIER_ANSWERED" and "no cloud" in caught.value.message and not log.appended
+
+
+@pytest.mark.parametrize(("finish", "kept"), [("stop", True), ("length", False), ("cancelled", False)])
+async def test_only_an_answer_that_stopped_naturally_is_cached_or_teaches(finish, kept):
+    class CacheMiss(FakeTier):
+        async def answer(self, request):
+            request.cache_key = "key"
+            yield Pass(Outcome.MISSED)
+
+    cloud = FakeTier(Tier.CLOUD, TierResult(Tier.CLOUD, "Paris", finish, teacher="p"))
+    cascade, log, cache = _cascade(CacheMiss(Tier.CACHE, None), cloud)
+    await cascade.answer(_chat(), "r")
+    assert (len(cache.stored), log.appended[0].teaches) == (int(kept), kept)
+
+
+class OverflowingHeads:
+    """Heads that count the prompt and find it too long, as a real head does before generating."""
+
+    async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
+        raise InvalidArgument("prompt (2000 tokens) plus max_tokens (16) exceed ...", reason=CONTEXT_OVERFLOW)
+        yield  # an async generator, like the real client
+
+
+@pytest.mark.parametrize("local", ["council", "head"])
+async def test_a_prompt_too_long_for_the_heads_goes_to_the_cloud(local):
+    heads = OverflowingHeads()
+    if local == "council":
+        council = Council(heads, ["a", "b"], deadline_s=5, threshold=0.3, length_weight=0.2, diversity_weight=0.1)  # type: ignore[arg-type]
+        tier = CouncilTier(council, RouterMetrics(CollectorRegistry()))
+    else:
+        tier = HeadTier(heads, "a")  # type: ignore[arg-type,assignment]
+    cloud = FakeTier(Tier.CLOUD, TierResult(Tier.CLOUD, "long answer", "stop", teacher="p"))
+    cascade, log, _ = _cascade(tier, cloud)
+    answer = await cascade.answer(_chat(), "r")
+    assert answer.trace.tier is Tier.CLOUD and cloud.asked == 1
+    assert (answer.trace.steps[0].outcome, answer.trace.steps[0].detail) == (Outcome.SKIPPED, "context overflow")
+    cascade, _, _ = _cascade(tier)  # nothing after the heads: the refusal says why
+    with pytest.raises(Unavailable) as caught:
+        await cascade.answer(_chat(), "r")
+    assert "context window" in caught.value.message or "exceed" in caught.value.message
