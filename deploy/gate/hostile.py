@@ -18,7 +18,10 @@ afterwards. The stage (deploy/gate/stages.py) judges these against deploy/gate/t
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,38 +104,56 @@ def http_answer(attack: str, name: str, response: httpx.Response, seconds: float
 
 
 class Probe:
-    """A client asking one cheap question every `interval_s`, timing each answer, until stopped (bounded)."""
+    """A client asking one cheap question every `interval_s`, timing each answer, until stopped (bounded).
+
+    It runs in a process of its own, as a real client would: in this process its timings would also count
+    the time it waits for the GIL while the attacks generate their cases."""
 
     def __init__(self, gateway: str, *, interval_s: float = 0.05, max_requests: int = 20_000) -> None:
         self.gateway, self.interval_s, self.max_requests = gateway, interval_s, max_requests
         self.samples: list[float] = []
         self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.gateway, timeout=30) as client:
-            for _ in range(self.max_requests):
-                if self._stop.is_set():
-                    return
-                started = time.perf_counter()
-                try:
-                    ok = client.post("/v1/chat/completions", json=PROBE).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    self.samples.append((time.perf_counter() - started) * 1000)
-                else:
-                    self.errors += 1
-                self._stop.wait(self.interval_s)
+        self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Probe:
-        self._thread.start()
+        argv = [sys.executable, "-m", "deploy.gate.hostile", "probe", self.gateway]
+        argv += [str(self.interval_s), str(self.max_requests)]
+        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
+        assert self._process is not None
+        self._process.send_signal(signal.SIGTERM)  # the probe finishes its request in flight and reports
+        try:
+            out, _ = self._process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            out, _ = self._process.communicate()
+        result = json.loads(out or '{"samples": [], "errors": 1}')
+        self.samples, self.errors = result["samples"], result["errors"]
+
+
+def probe_main(gateway: str, interval_s: float, max_requests: int) -> None:
+    """The probe's process: ask until SIGTERM (or `max_requests`), then print the samples as JSON."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    samples: list[float] = []
+    errors = 0
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        for _ in range(max_requests):
+            if stop.is_set():
+                break
+            started = time.perf_counter()
+            try:
+                ok = client.post("/v1/chat/completions", json=PROBE).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok:
+                samples.append((time.perf_counter() - started) * 1000)
+            else:
+                errors += 1
+            stop.wait(interval_s)
+    print(json.dumps({"samples": samples, "errors": errors}))
 
 
 def corpus() -> list[tuple[str, dict[str, Any]]]:
@@ -375,3 +396,7 @@ def judge(report: Report, limits: dict[str, Any]) -> list[str]:
     if numbers["not_serving"]:
         failures.append("not SERVING after the attack: " + ", ".join(numbers["not_serving"]))
     return failures
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["probe"]:
+    probe_main(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
