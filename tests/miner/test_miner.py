@@ -68,6 +68,10 @@ GROUPS = {
     ],
 }
 ONE_OFFS = ["Write a poem about the sea", "What is the capital of Peru?", "Explain quantum tunnelling simply"]
+# The log above holds 28 prompts of known answers: the most the calibration can vouch for is an error rate of
+# 1/29 (its finite-sample correction), so these tests run at a 10 % bound; at the default 2 % such a small log
+# answers nothing (test_a_log_too_small_for_the_error_bound_answers_nothing).
+MAX_ERROR = "0.1"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,12 @@ async def log_groups(redis_client, prefix: str) -> None:
 @pytest.fixture
 async def miner(redis_client, prefix, encoder, tmp_path):
     settings = load_settings(
-        {"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_REDIS_PREFIX": prefix}
+        {
+            "SPIRAL_PROFILE": "quick_test",
+            "SPIRAL_RUN_DIR": str(tmp_path),
+            "SPIRAL_REDIS_PREFIX": prefix,
+            "SPIRAL_PATTERN_MAX_ERROR": MAX_ERROR,
+        }
     )
     runtime = create_server(settings, MinerDeps(redis=redis_client, encoder=encoder), port=0)
     await runtime.start()
@@ -213,7 +222,7 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
     prefix,
     encoder,
 ):
-    router = await make_router(council="precise", pattern_reload_interval_s=0.05)
+    router = await make_router(council="precise", pattern_reload_interval_s=0.05, pattern_max_error=MAX_ERROR)
     prompt = "when will my new card get here?"
     assert await pattern_tier(router, prompt) is None
 
