@@ -18,6 +18,7 @@ half of the prompts, measured on the other half, both ways, pooled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,17 @@ from spiral_common.pattern_set import Calibration, PatternSet, answer_codes, ans
 if TYPE_CHECKING:  # mining.py imports this module
     from miner_svc.mining import MinerConfig
 
+# The run's own mining of some window rows alone: the set, and each of its vectors' window row.
+MineWithout = Callable[[np.ndarray], tuple[PatternSet, np.ndarray]]
+
 MIN_FIT_SAMPLES = 20  # fewer answered points keep the previous calibration
 # The share of prompts from never-mined intents assumed for the published "precision with unknown prompts",
 # unless the window shows more (its prompts whose teacher answer no pattern gives).
 ASSUMED_UNKNOWN_SHARE = 0.2
-LEVEL_STEP = 1e-4  # confidence levels are rounded down to this, and the map keeps a knot per change
+UNSEEN_FOLDS = 5  # unknown prompts are simulated a fifth of the answers at a time
+# Confidence levels are rounded down to a grid (0.01 below 0.9, 0.001 above), and the map keeps a knot per
+# change: at most 190 knots, and the router's cut at 1 - max_error is never more lenient than measured.
+COARSE_STEP, FINE_STEP, FINE_FROM = 0.01, 0.001, 0.9
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,21 @@ class Points:
     """Calibration points: one per scored prompt and pass."""
 
     features: np.ndarray  # (points, 3): the vote's features (zeros when nothing answered)
-    owners: np.ndarray  # (points,) the answering pattern (index into the set), -1 when nothing answered
+    answered: np.ndarray  # (points,) some pattern answered
+    owners: np.ndarray  # (points,) the answering pattern of the published set, for its reference; -1: none
     correct: np.ndarray  # (points,) the answer was the teacher's (never for an unknown point)
     unknown: np.ndarray  # (points,) the prompt's answer is not one the set can give (simulated or real)
     prompt: np.ndarray  # (points,) the sampled prompt it came from, for the cross-fitting folds
 
     def take(self, keep: np.ndarray) -> Points:
-        return Points(self.features[keep], self.owners[keep], self.correct[keep], self.unknown[keep], self.prompt[keep])
+        return Points(
+            self.features[keep],
+            self.answered[keep],
+            self.owners[keep],
+            self.correct[keep],
+            self.unknown[keep],
+            self.prompt[keep],
+        )
 
 
 @dataclass(frozen=True)
@@ -56,45 +71,109 @@ class Fitted:
     references: dict[int, float]  # pattern index -> reference similarity
 
 
-def calibrate(patterns: PatternSet, window: Window, sources: np.ndarray, config: MinerConfig) -> Calibration:
+def calibrate(
+    patterns: PatternSet,
+    window: Window,
+    sources: np.ndarray,
+    config: MinerConfig,
+    mine_without: MineWithout | None = None,
+) -> Calibration:
     """Fit confidence on the window's prompts (a sample of `calibration_samples`, drawn with `seed`; `sources`
     gives each of the set's vectors its window row), set each pattern's reference similarity, and estimate the
-    set's error at `config.max_error`. Too few answered points keep the previous calibration."""
+    set's error at `config.max_error`. Too few answered points keep the previous calibration.
+
+    With `mine_without` (the run's mining of some of its rows alone), unknown prompts are simulated by mining
+    the window without a fifth of its answers at a time and matching that fifth's prompts against the result,
+    as the router would meet an intent the miner never saw; without it, by leaving their answer's vectors
+    out of the published set (cheaper, and easier to refuse: the set's clusters were carved knowing them)."""
     n = len(window.examples)
     if not n or not len(patterns.active()):
         return patterns.calibration
     rng = np.random.default_rng(config.seed)
     sample = rng.permutation(n)[: config.calibration_samples]
-    points = calibration_points(patterns, window, sources, sample)
-    fitted = fit(points, patterns.calibration)
+    points = calibration_points(patterns, window, sources, sample, mine_without, rng)
+    fitted = fit(points)
     if fitted is None:
         return patterns.calibration
-    estimates = cross_fitted_estimates(points, patterns.calibration, config.max_error, rng)
+    estimates = cross_fitted_estimates(points, config.max_error, rng)
     real_unknown = float(points.unknown[: len(sample)].mean())  # the leave-one-out pass: the window's own
     for i, pattern in enumerate(patterns.patterns):
         pattern.reference_similarity = fitted.references.get(i)
     return _with_estimates(fitted.calibration, estimates, config.max_error, max(real_unknown, ASSUMED_UNKNOWN_SHARE))
 
 
-def calibration_points(patterns: PatternSet, window: Window, sources: np.ndarray, sample: np.ndarray) -> Points:
-    """The sampled prompts scored leave-one-out (known, unless no answering pattern gives their answer) and then
-    leave-their-answer-out (unknown), in that order."""
+def calibration_points(
+    patterns: PatternSet,
+    window: Window,
+    sources: np.ndarray,
+    sample: np.ndarray,
+    mine_without: MineWithout | None = None,
+    rng: np.random.Generator | None = None,
+) -> Points:
+    """The sampled prompts scored leave-one-out (known, unless no answering pattern gives their answer), then
+    as prompts of intents never mined (unknown), in that order."""
     keys = [window.keys[i] for i in sample]
     answerable = {answer_key(p.answer) for p in patterns.active()}
     vectors, negated = window.vectors[sample], window.negated[sample]
-    known_features, known_winners, known_owners = vote_features(patterns, vectors, negated, sources, sample)
-    left_features, _, left_owners = vote_features(patterns, vectors, negated, sources, sample, leave_out=keys)
+    known_features, known_winners, known_owners, _ = vote_features(patterns, vectors, negated, sources, sample)
     is_known = np.array([k in answerable for k in keys], dtype=bool)
     right = np.array([w == k for w, k in zip(known_winners, keys, strict=True)], dtype=bool)
-    # A prompt of an unanswerable intent appears once (its two passes are the same question).
-    again = np.flatnonzero(is_known)
+    again = np.flatnonzero(is_known)  # an unanswerable prompt is unknown already: it appears once
+    if mine_without is None:
+        left_out = [keys[i] for i in again]
+        found = vote_features(patterns, vectors[again], negated[again], sources, sample[again], leave_out=left_out)
+        left_features, left_answered, left_owners = found[0], found[2] >= 0, found[2]
+    else:
+        left_features, left_answered, left_owners = _unseen_intents(
+            patterns, window, sources, sample[again], mine_without, rng or np.random.default_rng(0)
+        )
     return Points(
-        features=np.concatenate([known_features, left_features[again]]),
-        owners=np.concatenate([known_owners, left_owners[again]]),
+        features=np.concatenate([known_features, left_features]),
+        answered=np.concatenate([known_owners >= 0, left_answered]),
+        owners=np.concatenate([known_owners, left_owners]),
         correct=np.concatenate([right & is_known, np.zeros(len(again), bool)]),
         unknown=np.concatenate([~is_known, np.ones(len(again), bool)]),
         prompt=np.concatenate([np.arange(len(sample)), again]),
     )
+
+
+def _unseen_intents(
+    patterns: PatternSet,
+    window: Window,
+    sources: np.ndarray,
+    queries: np.ndarray,
+    mine_without: MineWithout,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The vote's features for each query row of the window, matched against a set mined without its answer
+    (and a fifth of the others): the answers split into UNSEEN_FOLDS groups at random, one mining per group.
+    Gives the features, whether anything answered, and the published set's pattern that holds the winning
+    vector (-1: none holds it; the default reference stands in)."""
+    holder = {int(s): int(o) for s, o in zip(sources, patterns.owners, strict=True) if s >= 0}
+    answers = sorted({window.keys[i] for i in queries})
+    fold_of = dict(zip(answers, rng.permutation(len(answers)) % UNSEEN_FOLDS, strict=True))
+    row_fold = np.array([fold_of.get(k, -1) for k in window.keys])
+    features = np.zeros((len(queries), 3))
+    answered = np.zeros(len(queries), bool)
+    owners = np.full(len(queries), -1)
+    for fold in range(UNSEEN_FOLDS):
+        asked = np.flatnonzero(row_fold[queries] == fold)
+        kept = np.flatnonzero(row_fold != fold)
+        if not len(asked) or not len(kept):
+            continue
+        part, part_sources = mine_without(kept)
+        if not len(part.active()):
+            continue
+        rows = queries[asked]
+        found, _, part_owners, best_sources = vote_features(
+            part, window.vectors[rows], window.negated[rows], part_sources
+        )
+        features[asked] = found
+        answered[asked] = part_owners >= 0
+        owners[asked] = [
+            holder.get(int(s), -1) if o >= 0 else -1 for s, o in zip(best_sources, part_owners, strict=True)
+        ]
+    return features, answered, owners
 
 
 def vote_features(
@@ -104,8 +183,9 @@ def vote_features(
     vector_sources: np.ndarray | None = None,
     query_sources: np.ndarray | None = None,
     leave_out: list[str] | None = None,
-) -> tuple[np.ndarray, list[str | None], np.ndarray]:
-    """For each query vector: the vote's features, the winning answer key and the answering pattern (-1: none),
+) -> tuple[np.ndarray, list[str | None], np.ndarray, np.ndarray]:
+    """For each query vector: the vote's features, the winning answer key, the answering pattern (-1: none) and
+    the source of its winning vector (-1: none, or no `vector_sources`),
     by exhaustive search over the live patterns' vectors. A query never sees the vectors whose source
     (`vector_sources`, one per vector of the set) is its own (`query_sources`): leave-one-out; with `leave_out`
     (an answer key per query), nor those of any pattern with that answer: an intent the set never saw."""
@@ -122,6 +202,7 @@ def vote_features(
     row_sources = vector_sources[rows] if vector_sources is not None else None
     features = np.zeros((len(vectors), 3))
     owners = np.full(len(vectors), -1)
+    best_sources = np.full(len(vectors), -1)
     winners: list[str | None] = []
     for q, sims in enumerate(similarity_rows(vectors, matrix)):
         blocked = row_negated != negated[q]
@@ -135,14 +216,16 @@ def vote_features(
             continue
         best, features[q] = result[0], result[1]
         owners[q] = int(row_owners[best])
+        if row_sources is not None:
+            best_sources[q] = int(row_sources[best])
         winners.append(names[int(codes[best])])
-    return features, winners, owners
+    return features, winners, owners, best_sources
 
 
-def fit(points: Points, previous: Calibration) -> Fitted | None:
+def fit(points: Points) -> Fitted | None:
     """References, logistic score and confidence map from `points`; None when they cannot support a fit (too
     few answered points, or all right, or none)."""
-    answered = points.owners >= 0
+    answered = points.answered
     right = points.correct[answered]
     if answered.sum() < MIN_FIT_SAMPLES or right.all() or not right.any():
         return None
@@ -184,9 +267,11 @@ def confidence_map(
     # A threshold answers every tied score at once: keep the last of each run of ties (in descending order).
     last_of_tie = np.append(s[1:] != s[:-1], True)
     thresholds, level = s[last_of_tie][::-1], level[last_of_tie][::-1]  # ascending
-    level = np.floor(np.maximum.accumulate(level) / LEVEL_STEP) * LEVEL_STEP
+    level = np.maximum.accumulate(level)
+    step = np.where(level >= FINE_FROM, FINE_STEP, COARSE_STEP)
+    level = np.round(np.floor(level / step + 1e-9) * step, 4)
     change = np.append(True, level[1:] != level[:-1])
-    return tuple(float(t) for t in thresholds[change]), tuple(round(float(v), 4) for v in level[change])
+    return tuple(float(t) for t in thresholds[change]), tuple(float(v) for v in level[change])
 
 
 @dataclass
@@ -202,7 +287,7 @@ def evaluate(fitted: Fitted, points: Points, max_error: float) -> Estimates:
     """What the fitted calibration does with `points` at 1 - `max_error`."""
     calibration = fitted.calibration
     features = _features(points, fitted.references, calibration.reference_similarity)
-    answered = points.owners >= 0
+    answered = points.answered
     confidence = np.array(
         [calibration.confidence(tuple(f)) if a else 0.0 for f, a in zip(features, answered, strict=True)]
     )
@@ -217,16 +302,14 @@ def evaluate(fitted: Fitted, points: Points, max_error: float) -> Estimates:
     )
 
 
-def cross_fitted_estimates(
-    points: Points, previous: Calibration, max_error: float, rng: np.random.Generator
-) -> Estimates:
+def cross_fitted_estimates(points: Points, max_error: float, rng: np.random.Generator) -> Estimates:
     """Fit on half of the sampled prompts (both their passes), measure on the other half, both ways; pooled."""
     prompts = int(points.prompt.max()) + 1 if len(points.prompt) else 0
     half = rng.permutation(prompts) < prompts // 2
     total = Estimates()
     for side in (True, False):
         held_out = half[points.prompt] == side
-        fitted = fit(points.take(~held_out), previous)
+        fitted = fit(points.take(~held_out))
         if fitted is None:
             return Estimates()
         measured = evaluate(fitted, points.take(held_out), max_error)
@@ -238,7 +321,7 @@ def cross_fitted_estimates(
 def _references(points: Points) -> tuple[dict[int, float], float]:
     """Each pattern's reference similarity: the median best similarity of its known points answered right;
     and the median over all of them, for the patterns without any (1.0 when there are none)."""
-    good = (points.owners >= 0) & points.correct & ~points.unknown
+    good = (points.owners >= 0) & points.answered & points.correct & ~points.unknown
     top, owners = points.features[good, 1], points.owners[good]
     references = {int(o): float(np.median(top[owners == o])) for o in np.unique(owners)}
     return references, float(np.median(top)) if len(top) else 1.0

@@ -117,17 +117,18 @@ def mine_patterns(
 ) -> tuple[PatternSet, MineSummary]:
     """One mining step, pure CPU: the new pattern set (version unset) and what changed."""
     window = Window.of(data.examples, data.vectors)
-    draft = Draft.of(existing)
-    keep_alive(draft, existing, window, data.hits, config.min_confidence, now_ms)
-    groups, clusters = answer_groups(window, config)
-    for group in groups:
-        merge_group(draft, window, group, config, now_ms)
-    stragglers = absorb_stragglers(draft, window, config.absorb_similarity)
-    for group in straggler_groups(window, stragglers):
-        merge_group(draft, window, group, config, now_ms)
-    retire_failing(draft, data.ratings, config, now_ms)
+    draft, clusters = build_draft(window, existing, data.hits, data.ratings, config, now_ms)
     result, sources = assemble(draft, existing.calibration, MODEL_NAME, config.max_vectors_per_pattern, now_ms)
-    result.calibration = calibrate(result, window, sources, config)
+
+    def mine_without(rows: np.ndarray) -> tuple[PatternSet, np.ndarray]:
+        """The set this run would build from the window's `rows` alone (no earlier patterns), with each
+        vector's window row: the stand-in for a set that never saw the other prompts' intents."""
+        part = window.take(rows)
+        part_draft, _ = build_draft(part, PatternSet.empty(), Counter(), {}, config, now_ms)
+        part_set, part_sources = assemble(part_draft, Calibration(), MODEL_NAME, config.max_vectors_per_pattern, now_ms)
+        return part_set, np.where(part_sources >= 0, rows[np.maximum(part_sources, 0)], -1)
+
+    result.calibration = calibrate(result, window, sources, config, mine_without)
     summary = MineSummary(
         prompts_read=len(data.examples),
         clusters=clusters,
@@ -137,6 +138,28 @@ def mine_patterns(
         calibration=result.calibration,
     )
     return result, summary
+
+
+def build_draft(
+    window: Window,
+    existing: PatternSet,
+    hits: Counter[str],
+    ratings: dict[str, tuple[int, int]],
+    config: MinerConfig,
+    now_ms: int,
+) -> tuple[Draft, int]:
+    """The phases up to assembling: keep alive, cluster, merge, absorb, counter-evidence, retire. Gives the
+    draft and the number of clusters."""
+    draft = Draft.of(existing)
+    keep_alive(draft, existing, window, hits, config.min_confidence, now_ms)
+    groups, clusters = answer_groups(window, config)
+    for group in groups:
+        merge_group(draft, window, group, config, now_ms)
+    stragglers = absorb_stragglers(draft, window, config.absorb_similarity)
+    for group in straggler_groups(window, stragglers):
+        merge_group(draft, window, group, config, now_ms)
+    retire_failing(draft, ratings, config, now_ms)
+    return draft, clusters
 
 
 class Miner:

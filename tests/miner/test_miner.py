@@ -119,6 +119,10 @@ async def test_mining_a_log_with_known_groups_finds_each_group(miner, redis_clie
     assert sorted(p.canonical_answer for p in listed.patterns) == sorted(GROUPS)
     assert all(p.agreement == 1.0 and p.size >= 5 and p.exemplars for p in listed.patterns)
     assert [p.negated for p in listed.patterns if p.canonical_answer == KEEP] == [True]
+    calibration = listed.calibration  # published with the set: the bound and what was measured at it
+    assert calibration.max_error == pytest.approx(0.1) and calibration.known_samples > 0
+    assert calibration.unknown_samples > 0 and 0 < calibration.known_precision <= 1
+    assert summary.calibration == calibration
 
     matched = await miner.MatchPrompt(miner_pb2.MatchPromptRequest(prompt="when is my new card going to arrive?"))
     assert matched.matched and matched.pattern.canonical_answer == CARD and matched.confidence >= 0.5
@@ -204,6 +208,19 @@ def test_a_pattern_nothing_matches_any_more_is_retired(encoder):
     later, summary = mine_patterns(quiet, first, config, now_ms=2 * 3600 * 1000)
     assert summary.patterns_retired == 1 and [p.retired_reason for p in later.patterns] == ["stale"]
     assert PatternIndex(later).match(data.vectors[0], False) is None
+
+
+def test_a_log_too_small_for_the_error_bound_answers_nothing(encoder):
+    examples = [Example(p, answer) for answer, prompts in GROUPS.items() for p in prompts]
+    data = MiningInput(examples, encoder.embed([e.prompt for e in examples]))
+    question = encoder.embed_one("when is my new card going to arrive?")
+    strict = MinerConfig()  # the default bound, 2 %: 28 prompts cannot vouch for it
+    mined, _ = mine_patterns(data, PatternSet.empty(), strict, 0)
+    match = PatternIndex(mined).match(question, False)
+    assert match is not None and match.pattern.answer == CARD and match.confidence < strict.min_confidence
+    loose = MinerConfig(max_error=float(MAX_ERROR))
+    mined, _ = mine_patterns(data, PatternSet.empty(), loose, 0)
+    assert PatternIndex(mined).match(question, False).confidence >= loose.min_confidence
 
 
 _SEEDS = itertools.count()
