@@ -235,7 +235,7 @@ def fit(points: Points) -> Fitted | None:
 
     model = LogisticRegression(C=10.0, max_iter=1000).fit(features, right)
     weights, bias = model.coef_[0], float(model.intercept_[0])
-    if weights[1] <= 0:  # more similar must never mean less trustworthy
+    if weights[1] + weights[3] <= 0:  # closer (both similarity features up) must never mean less trustworthy
         return None
     scores = features @ weights + bias
     knots, levels = confidence_map(scores, right, points.unknown[answered], int(points.unknown.sum()))
