@@ -247,6 +247,9 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
     await miner.Mine(miner_pb2.MineRequest())
     reply = await wait_until_async(lambda: pattern_tier(router, prompt), 20, "the router to load the mined set")
     assert reply.text == CARD
+    registry = router.runtime.registry  # the loaded set's calibration numbers, as the router exports them
+    assert registry.get_sample_value("spiral_pattern_set_version") == 1
+    assert registry.get_sample_value("spiral_pattern_set_estimate_ratio", {"estimate": "max_error"}) == 0.1
     assert (await pattern_tier(router, "do not cancel my transfer")).text == KEEP
 
     # Two bad ratings on the card pattern's answers retire it at the next run; the router stops using it.
