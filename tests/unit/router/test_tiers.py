@@ -158,32 +158,3 @@ async def test_when_every_tier_passes_the_request_fails_with_the_reasons():
     with pytest.raises(Unavailable) as caught:
         await cascade.answer(_chat(), "r")
     assert caught.value.reason == "NO_TIER_ANSWERED" and "no cloud" in caught.value.message and not log.appended
-
-
-class FakeMatcher:
-    def __init__(self, answer) -> None:
-        self.answer = answer
-
-    async def match(self, prompt: str):
-        return self.answer
-
-
-async def _pattern_outcome(answer, *, threshold: float = 0.5, max_error: float = 0.02):
-    from types import SimpleNamespace
-
-    from router_svc.tiers.pattern import PatternTier
-
-    tier = PatternTier(FakeMatcher(answer), threshold, max_error)  # type: ignore[arg-type]
-    request = SimpleNamespace(prompt="where is my card?", adapter_version="")
-    return [item async for item in tier.answer(request)][-1]  # type: ignore[arg-type]
-
-
-async def test_a_mined_pattern_answers_only_within_the_error_bound_and_a_regex_at_its_threshold():
-    from router_svc.patterns import PatternAnswer
-
-    mined = PatternAnswer("mined:p1", "Your card is on its way.", 0.97, pattern_id="p1")
-    assert isinstance(await _pattern_outcome(mined), Pass)  # 0.97 < 1 - 0.02
-    assert isinstance(await _pattern_outcome(mined, max_error=0.05), TierResult)
-    greeting = PatternAnswer("greeting", "Hello! How can I help you today?", 0.95)  # a regex: exact, not calibrated
-    assert isinstance(await _pattern_outcome(greeting), TierResult)
-    assert isinstance(await _pattern_outcome(greeting, threshold=0.96), Pass)
