@@ -6,7 +6,8 @@ benchmark runs on a labelled data set, a pipeline of phases (`phases.py`, `calib
 earlier patterns the window still matches -> cluster each polarity and group every cluster by answer ->
 merge each group with the earlier patterns (refresh, supersede or add) -> absorb the stragglers that a
 pattern teaching their answer claims -> keep what is left as counter-evidence -> retire on bad feedback or
-age -> assemble the set -> calibrate its confidence on the window, leave-one-out.
+age -> assemble the set -> calibrate its confidence on the window, leave-one-out against known intents and
+leave-its-answer-out against intents it has never seen.
 
 Which answer teaches a pattern: one the router marked as teaching (`spiral_common.traffic.teacher_answer`):
 the cloud's, or a council answer the vote accepted. Answers from the cache, the pattern tier itself, a lone
@@ -63,8 +64,8 @@ class Embedder(Protocol):
 class MinerConfig:
     min_cluster_size: int = 5  # prompts
     min_agreement: float = 0.8  # share of a cluster's teacher answers equal to its most common one
-    target_precision: float = 0.975  # answers at confidence >= threshold must be right this often (held out)
-    threshold: float = 0.5  # the router's pattern threshold
+    max_error: float = 0.02  # the router's bound: it answers at confidence >= 1 - max_error (estimates use it)
+    threshold: float = 0.5  # the router's pattern threshold, a floor under 1 - max_error
     pattern_ttl_s: int = 7 * 24 * 3600  # a pattern nothing matched for this long is retired
     max_prompts: int = 50_000  # per run
     max_vectors_per_pattern: int = 64
@@ -74,6 +75,11 @@ class MinerConfig:
     retire_bad_share: float = 0.3  # ...making at least this share of its ratings is retired
     calibration_samples: int = 5000
     seed: int = 0
+
+    @property
+    def min_confidence(self) -> float:
+        """The confidence at which the router answers with a mined pattern."""
+        return max(self.threshold, 1.0 - self.max_error)
 
 
 @dataclass(frozen=True)
@@ -111,17 +117,18 @@ def mine_patterns(
 ) -> tuple[PatternSet, MineSummary]:
     """One mining step, pure CPU: the new pattern set (version unset) and what changed."""
     window = Window.of(data.examples, data.vectors)
-    draft = Draft.of(existing)
-    keep_alive(draft, existing, window, data.hits, config.threshold, now_ms)
-    groups, clusters = answer_groups(window, config)
-    for group in groups:
-        merge_group(draft, window, group, config, now_ms)
-    stragglers = absorb_stragglers(draft, window, config.absorb_similarity)
-    for group in straggler_groups(window, stragglers):
-        merge_group(draft, window, group, config, now_ms)
-    retire_failing(draft, data.ratings, config, now_ms)
+    draft, clusters = build_draft(window, existing, data.hits, data.ratings, config, now_ms)
     result, sources = assemble(draft, existing.calibration, MODEL_NAME, config.max_vectors_per_pattern, now_ms)
-    result.calibration = calibrate(result, window, sources, config)
+
+    def mine_without(rows: np.ndarray) -> tuple[PatternSet, np.ndarray]:
+        """The set this run would build from the window's `rows` alone (no earlier patterns), with each
+        vector's window row: the stand-in for a set that never saw the other prompts' intents."""
+        part = window.take(rows)
+        part_draft, _ = build_draft(part, PatternSet.empty(), Counter(), {}, config, now_ms)
+        part_set, part_sources = assemble(part_draft, Calibration(), MODEL_NAME, config.max_vectors_per_pattern, now_ms)
+        return part_set, np.where(part_sources >= 0, rows[np.maximum(part_sources, 0)], -1)
+
+    result.calibration = calibrate(result, window, sources, config, mine_without)
     summary = MineSummary(
         prompts_read=len(data.examples),
         clusters=clusters,
@@ -131,6 +138,28 @@ def mine_patterns(
         calibration=result.calibration,
     )
     return result, summary
+
+
+def build_draft(
+    window: Window,
+    existing: PatternSet,
+    hits: Counter[str],
+    ratings: dict[str, tuple[int, int]],
+    config: MinerConfig,
+    now_ms: int,
+) -> tuple[Draft, int]:
+    """The phases up to assembling: keep alive, cluster, merge, absorb, counter-evidence, retire. Gives the
+    draft and the number of clusters."""
+    draft = Draft.of(existing)
+    keep_alive(draft, existing, window, hits, config.min_confidence, now_ms)
+    groups, clusters = answer_groups(window, config)
+    for group in groups:
+        merge_group(draft, window, group, config, now_ms)
+    stragglers = absorb_stragglers(draft, window, config.absorb_similarity)
+    for group in straggler_groups(window, stragglers):
+        merge_group(draft, window, group, config, now_ms)
+    retire_failing(draft, ratings, config, now_ms)
+    return draft, clusters
 
 
 class Miner:

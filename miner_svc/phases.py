@@ -53,6 +53,12 @@ class Window:
         negated = np.array([is_negated(e.prompt) for e in examples], dtype=bool)
         return cls(examples, vectors, keys, negated)
 
+    def take(self, rows: np.ndarray) -> Window:
+        """The window of `rows` alone (renumbered from 0)."""
+        return Window(
+            [self.examples[i] for i in rows], self.vectors[rows], [self.keys[i] for i in rows], self.negated[rows]
+        )
+
 
 @dataclass(frozen=True)
 class Group:

@@ -27,7 +27,7 @@ def miner_config(settings: Settings) -> MinerConfig:
     return MinerConfig(
         min_cluster_size=settings.miner.miner_min_cluster_size,
         min_agreement=settings.miner.miner_min_agreement,
-        target_precision=settings.miner.miner_target_precision,
+        max_error=settings.router.pattern_max_error,
         threshold=settings.router.pattern_threshold,
         pattern_ttl_s=settings.miner.miner_pattern_ttl_s,
         max_prompts=settings.miner.miner_max_prompts,
@@ -46,7 +46,7 @@ def create_server(settings: Settings, deps: MinerDeps, *, port: int | None = Non
         build_miner(settings, deps),
         PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
         deps.encoder,
-        settings.router.pattern_threshold,
+        miner_config(settings).min_confidence,
     )
     return build_server(
         domain="miner.spiral",

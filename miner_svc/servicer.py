@@ -11,9 +11,23 @@ from miner_svc.mining import Miner
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral_common.embedding import SentenceEncoder
 from spiral_common.errors import InvalidArgument
-from spiral_common.pattern_set import Pattern, PatternIndex, PatternStore, is_negated
+from spiral_common.pattern_set import Calibration, Pattern, PatternIndex, PatternStore, is_negated
 
 MAX_PROMPT_CHARS = 16_000
+
+
+def calibration_proto(calibration: Calibration) -> miner_pb2.PatternSetCalibration:
+    return miner_pb2.PatternSetCalibration(
+        max_error=calibration.max_error,
+        known_precision=calibration.precision_at_threshold,
+        known_coverage=calibration.coverage_at_threshold,
+        unknown_answered=calibration.unknown_answered,
+        precision_with_unknown=calibration.precision_with_unknown,
+        unknown_share=calibration.unknown_share,
+        known_samples=calibration.known_samples,
+        unknown_samples=calibration.unknown_samples,
+        fitted_on=calibration.fitted_on,
+    )
 
 
 def pattern_proto(pattern: Pattern) -> miner_pb2.Pattern:
@@ -56,6 +70,7 @@ class MinerServicer(miner_pb2_grpc.MinerServiceServicer):
             note=summary.note,
             calibrated_precision=summary.calibration.precision_at_threshold,
             calibrated_coverage=summary.calibration.coverage_at_threshold,
+            calibration=calibration_proto(summary.calibration),
         )
 
     async def ListPatterns(
@@ -64,7 +79,9 @@ class MinerServicer(miner_pb2_grpc.MinerServiceServicer):
         patterns = await self.store.load()
         shown = [p for p in patterns.patterns if p.answering and (request.include_retired or not p.retired)]
         return miner_pb2.ListPatternsResponse(
-            patterns=[pattern_proto(p) for p in shown], pattern_set_version=patterns.version
+            patterns=[pattern_proto(p) for p in shown],
+            pattern_set_version=patterns.version,
+            calibration=calibration_proto(patterns.calibration),
         )
 
     async def MatchPrompt(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from spiral_common.pattern_set import PatternSet
+
 TIER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -72,3 +74,28 @@ class RouterMetrics:
             "spiral_budget_reserved_usd", "Today's outstanding reservations on the pool, US dollars.", registry=registry
         )
         self.budget_pool = Gauge("spiral_budget_pool_usd", "The daily pool, US dollars.", registry=registry)
+        self.pattern_set_version = Gauge(
+            "spiral_pattern_set_version",
+            "The mined pattern set this router matches against (0: none).",
+            registry=registry,
+        )
+        self.pattern_set_estimate = Gauge(
+            "spiral_pattern_set_estimate_ratio",
+            "The loaded pattern set's published, cross-fitted estimates at its max_error, in [0, 1] (0: not"
+            " estimated): known_precision, known_coverage, unknown_answered (share of prompts of never-mined"
+            " intents answered), precision_with_unknown, max_error.",
+            ["estimate"],
+            registry=registry,
+        )
+
+    def pattern_set_loaded(self, patterns: PatternSet) -> None:
+        calibration = patterns.calibration
+        self.pattern_set_version.set(patterns.version)
+        for name, value in (
+            ("known_precision", calibration.precision_at_threshold),
+            ("known_coverage", calibration.coverage_at_threshold),
+            ("unknown_answered", calibration.unknown_answered),
+            ("precision_with_unknown", calibration.precision_with_unknown),
+            ("max_error", calibration.max_error),
+        ):
+            self.pattern_set_estimate.labels(name).set(value)

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from router_svc.patterns import PatternAnswer, RegexPatterns
-from spiral_common.pattern_set import Match, PatternIndex, PatternStore, is_negated
+from spiral_common.pattern_set import Match, PatternIndex, PatternSet, PatternStore, is_negated
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,14 @@ class PatternMatcher:
         *,
         reload_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_load: Callable[[PatternSet], None] | None = None,
     ) -> None:
         self.regex = regex
         self.store = store
         self.encoder_factory = encoder_factory
         self.reload_interval_s = reload_interval_s
         self.clock = clock
+        self.on_load = on_load  # told of every set loaded (the metrics publish its calibration numbers)
         self.encoder: Embedder | None = None
         self.index: PatternIndex | None = None
         self.version = 0
@@ -92,7 +94,18 @@ class PatternMatcher:
                 self.encoder = await asyncio.to_thread(self.encoder_factory)
             self.index = await asyncio.to_thread(PatternIndex, patterns)
             self.version = version
-            log.info("pattern set loaded", extra={"version": version, "patterns": len(self.index)})
+            if self.on_load is not None:
+                self.on_load(patterns)
+            calibration = patterns.calibration
+            log.info(
+                "pattern set loaded",
+                extra={
+                    "version": version,
+                    "patterns": len(self.index),
+                    "estimated_precision": calibration.precision_at_threshold,
+                    "estimated_unknown_answered": calibration.unknown_answered,
+                },
+            )
         except Exception:
             log.exception("pattern set load failed", extra={"version": version})
 

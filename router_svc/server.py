@@ -87,13 +87,17 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
         deps.encoder_factory or default_encoder,
         reload_interval_s=settings.router.pattern_reload_interval_s,
+        on_load=metrics.pattern_set_loaded,
     )
     cloud = CloudFallback(
         deps.providers, deps.cloud_client, ledger, per_request_cap_usd_micros=settings.budget.per_request_cap_usd_micros
     )
     # The cascade, cheapest first. A council of one has no vote: its head streams its answer directly, and the
     # request ends there (a lone head's answer is not second-guessed by the cloud).
-    tiers: list[CascadeTier] = [CacheTier(cache, metrics), PatternTier(matcher, settings.router.pattern_threshold)]
+    tiers: list[CascadeTier] = [
+        CacheTier(cache, metrics),
+        PatternTier(matcher, settings.router.pattern_threshold, settings.router.pattern_max_error),
+    ]
     if len(council.members) == 1:
         tiers.append(HeadTier(deps.heads, council.members[0]))
     else:

@@ -83,6 +83,7 @@ _REPLACED = {
     },
     "SPIRAL_ENVOY_INGRESS_PORT": "SPIRAL_ENVOY_ADDR (host:port)",
     "SPIRAL_ROUTER_INSTANCE": "SPIRAL_TRACK (main or canary)",
+    "SPIRAL_MINER_TARGET_PRECISION": "SPIRAL_PATTERN_MAX_ERROR (the error bound: 1 - the target precision)",
 }
 
 
@@ -189,8 +190,11 @@ class RouterSettings:
     track: str = "main"
     # Cache tier: how long an answer stays, seconds.
     cache_ttl_s: int = field(default=86400, metadata={"min": 1})
-    # Pattern tier: minimum confidence for a pattern to answer, in [0, 1].
+    # Pattern tier: minimum confidence for a regex specialist (and a floor for a mined pattern) to answer, in [0, 1].
     pattern_threshold: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})
+    # Pattern tier: a mined pattern answers only when its calibrated chance of being wrong is at most this, on
+    # prompts of known intents and on prompts of intents never mined alike (confidence >= 1 - this), in (0, 1).
+    pattern_max_error: float = 0.02
     # Pattern tier: how often a router checks Redis for a newly mined pattern set, seconds.
     pattern_reload_interval_s: float = field(default=5.0, metadata={"min": 0.0})
     # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
@@ -208,6 +212,8 @@ class RouterSettings:
 
     def __post_init__(self) -> None:
         _check(self)
+        if not 0.0 < self.pattern_max_error < 1.0:
+            raise ConfigError(f"{env_name('pattern_max_error')}={self.pattern_max_error!r}: expected 0 < x < 1")
         if self.track not in ("main", "canary"):
             raise ConfigError(f"{env_name('track')}={self.track!r}: expected 'main' or 'canary'")
 
@@ -316,8 +322,6 @@ class MinerSettings:
     miner_min_cluster_size: int = field(default=5, metadata={"min": 2})
     # Share of a cluster's teacher answers that must agree for it to become a pattern.
     miner_min_agreement: float = field(default=0.8, metadata={"min": 0.5, "max": 1.0})
-    # Precision (held out) that answers at the pattern threshold must reach; calibration target.
-    miner_target_precision: float = field(default=0.975, metadata={"min": 0.5, "max": 1.0})
     # A pattern that nothing matched for this long is retired, seconds (7 days).
     miner_pattern_ttl_s: int = field(default=604_800, metadata={"min": 1})
     # The most prompts one run reads from the traffic log.

@@ -4,13 +4,18 @@ A pattern is a dense cluster of prompts whose teacher answers agree. It keeps it
 dozen exemplar vectors; a prompt is matched by a nearest-neighbour vote over the exemplars of the patterns of
 the same polarity (a negated prompt never matches a non-negated pattern: "cancel my transfer" and "do not
 cancel my transfer" embed at cosine 0.97 but must not share an answer). The vote's features (share of the
-winning answer, its best similarity, the margin over the best other answer) go through a logistic function
-fitted on held-out prompts and shifted so that confidence 0.50 is the point above which those answers were
-right at the target precision.
+winning answer, its best similarity, the margin over the best other answer, and how far that similarity
+falls short of the answering pattern's own reference: its held-out prompts' median best similarity, so each
+pattern has its own bar) give a score; the calibration maps a score to a confidence: at that score and
+above, held-out answers to prompts of known intents were right, and prompts of intents never mined were
+refused, at least that often (miner_svc/calibration.py). The router answers when the confidence reaches
+1 - SPIRAL_PATTERN_MAX_ERROR.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import json
 import math
 import re
@@ -66,21 +71,50 @@ class Pattern:
     # False for counter-evidence: prompts whose answers disagree with their cluster, or that no pattern
     # explains. They vote (so a prompt among them gets a low confidence) but never answer.
     answering: bool = True
+    # The median best similarity of this pattern's own held-out prompts (calibration); None: not measured,
+    # the calibration's `reference_similarity` stands in.
+    reference_similarity: float | None = None
 
 
 @dataclass
 class Calibration:
-    """confidence = sigmoid(w . (share, top_similarity, margin) + bias)."""
+    """Score = w . features + bias; confidence = the step function (`scores`, `levels`) of the score.
 
-    weights: tuple[float, float, float] = (4.0, 30.0, 10.0)
+    A calibration from before abstention (no `scores`) has three weights and gives sigmoid(score): the router
+    holds it to 1 - max_error too, far stricter than the 0.50 it was fitted for. The estimates below are
+    cross-fitted (thresholds fitted on half of the run's answers, measured on the other half) at
+    `max_error`; 0 where not measured (an older set, or one never fitted)."""
+
+    weights: tuple[float, ...] = (4.0, 30.0, 10.0)
     bias: float = -29.0  # unfitted default: a unanimous vote needs similarity ~0.8 and a 0.1 margin
     fitted_on: int = 0  # held-out prompts the fit used (0: the default)
-    precision_at_threshold: float = 0.0  # measured on those prompts
-    coverage_at_threshold: float = 0.0
+    precision_at_threshold: float = 0.0  # estimated precision on known intents at 1 - max_error
+    coverage_at_threshold: float = 0.0  # estimated share of known-intent prompts answered at 1 - max_error
+    # Ascending score knots and the confidence from each knot up (below the first: 0).
+    scores: tuple[float, ...] = ()
+    levels: tuple[float, ...] = ()
+    reference_similarity: float = 1.0  # a pattern's reference when it has none (1.0: the strictest)
+    max_error: float = 0.0  # the operating point the estimates were measured at
+    unknown_answered: float = 0.0  # estimated share of prompts of never-mined intents answered
+    precision_with_unknown: float = 0.0  # estimated precision when `unknown_share` of prompts are unknown
+    unknown_share: float = 0.0  # the share of unknown prompts assumed for that estimate
+    known_samples: int = 0  # held-out known-intent answers the estimates rest on
+    unknown_samples: int = 0  # held-out unknown prompts (simulated by leaving their answer out, or unexplained)
 
-    def confidence(self, features: tuple[float, float, float]) -> float:
-        z = sum(w * f for w, f in zip(self.weights, features, strict=True)) + self.bias
+    def score(self, features: tuple[float, ...]) -> float:
+        return sum(w * f for w, f in zip(self.weights, features[: len(self.weights)], strict=True)) + self.bias
+
+    def confidence(self, features: tuple[float, ...]) -> float:
+        z = self.score(features)
+        if self.scores:
+            step = bisect.bisect_right(self.scores, z) - 1
+            return self.levels[step] if step >= 0 else 0.0
         return 1.0 / (1.0 + math.exp(-max(min(z, 50.0), -50.0)))
+
+    @property
+    def estimated(self) -> bool:
+        """True when the set carries cross-fitted estimates of its error (fitted with abstention)."""
+        return bool(self.scores) and self.max_error > 0
 
 
 @dataclass
@@ -113,7 +147,19 @@ class PatternSet:
 class Match:
     pattern: Pattern
     confidence: float
-    features: tuple[float, float, float]
+    features: tuple[float, ...]  # the vote's three, then the best similarity less the pattern's reference
+
+
+def match_features(
+    vote_features: tuple[float, float, float], pattern: Pattern, calibration: Calibration
+) -> tuple[float, float, float, float]:
+    """The vote's features and the out-of-distribution one: the best similarity less the answering pattern's
+    reference (how close its own held-out prompts come), so a prompt farther out than its intent's usual
+    prompts scores lower, whatever the pattern's width."""
+    reference = pattern.reference_similarity
+    if reference is None:
+        reference = calibration.reference_similarity
+    return (*vote_features, vote_features[1] - reference)
 
 
 def vote(
@@ -198,9 +244,20 @@ class PatternIndex:
         result = vote(sims, self.codes[rows], self.row_answering[rows])
         if result is None:
             return None
-        best, features = result
+        best, voted = result
         pattern = self.set.patterns[int(self.owners[rows[best]])]
+        features = match_features(voted, pattern, self.calibration)
         return Match(pattern, self.calibration.confidence(features), features)
+
+
+def calibration_from_json(fields: dict) -> Calibration:
+    """A stored calibration; one published before abstention lacks the newer fields and keeps their defaults."""
+    known = {f.name for f in dataclasses.fields(Calibration)}
+    values = {k: v for k, v in fields.items() if k in known}
+    for name in ("weights", "scores", "levels"):
+        if name in values:
+            values[name] = tuple(values[name])
+    return Calibration(**values)
 
 
 class PatternStore:
@@ -224,7 +281,7 @@ class PatternStore:
             return PatternSet.empty()
         meta = json.loads(raw[b"meta"])
         patterns = [Pattern(**p) for p in meta["patterns"]]
-        calibration = Calibration(**{**meta["calibration"], "weights": tuple(meta["calibration"]["weights"])})
+        calibration = calibration_from_json(meta["calibration"])
         return PatternSet(
             version=int(meta["version"]),
             patterns=patterns,

@@ -68,6 +68,10 @@ GROUPS = {
     ],
 }
 ONE_OFFS = ["Write a poem about the sea", "What is the capital of Peru?", "Explain quantum tunnelling simply"]
+# The log above holds 28 prompts of known answers: the most the calibration can vouch for is an error rate of
+# 1/29 (its finite-sample correction), so these tests run at a 10 % bound; at the default 2 % such a small log
+# answers nothing (test_a_log_too_small_for_the_error_bound_answers_nothing).
+MAX_ERROR = "0.1"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,12 @@ async def log_groups(redis_client, prefix: str) -> None:
 @pytest.fixture
 async def miner(redis_client, prefix, encoder, tmp_path):
     settings = load_settings(
-        {"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_REDIS_PREFIX": prefix}
+        {
+            "SPIRAL_PROFILE": "quick_test",
+            "SPIRAL_RUN_DIR": str(tmp_path),
+            "SPIRAL_REDIS_PREFIX": prefix,
+            "SPIRAL_PATTERN_MAX_ERROR": MAX_ERROR,
+        }
     )
     runtime = create_server(settings, MinerDeps(redis=redis_client, encoder=encoder), port=0)
     await runtime.start()
@@ -110,6 +119,10 @@ async def test_mining_a_log_with_known_groups_finds_each_group(miner, redis_clie
     assert sorted(p.canonical_answer for p in listed.patterns) == sorted(GROUPS)
     assert all(p.agreement == 1.0 and p.size >= 5 and p.exemplars for p in listed.patterns)
     assert [p.negated for p in listed.patterns if p.canonical_answer == KEEP] == [True]
+    calibration = listed.calibration  # published with the set: the bound and what was measured at it
+    assert calibration.max_error == pytest.approx(0.1) and calibration.known_samples > 0
+    assert calibration.unknown_samples > 0 and 0 < calibration.known_precision <= 1
+    assert summary.calibration == calibration
 
     matched = await miner.MatchPrompt(miner_pb2.MatchPromptRequest(prompt="when is my new card going to arrive?"))
     assert matched.matched and matched.pattern.canonical_answer == CARD and matched.confidence >= 0.5
@@ -197,6 +210,19 @@ def test_a_pattern_nothing_matches_any_more_is_retired(encoder):
     assert PatternIndex(later).match(data.vectors[0], False) is None
 
 
+def test_a_log_too_small_for_the_error_bound_answers_nothing(encoder):
+    examples = [Example(p, answer) for answer, prompts in GROUPS.items() for p in prompts]
+    data = MiningInput(examples, encoder.embed([e.prompt for e in examples]))
+    question = encoder.embed_one("when is my new card going to arrive?")
+    strict = MinerConfig()  # the default bound, 2 %: 28 prompts cannot vouch for it
+    mined, _ = mine_patterns(data, PatternSet.empty(), strict, 0)
+    match = PatternIndex(mined).match(question, False)
+    assert match is not None and match.pattern.answer == CARD and match.confidence < strict.min_confidence
+    loose = MinerConfig(max_error=float(MAX_ERROR))
+    mined, _ = mine_patterns(data, PatternSet.empty(), loose, 0)
+    assert PatternIndex(mined).match(question, False).confidence >= loose.min_confidence
+
+
 _SEEDS = itertools.count()
 
 
@@ -213,7 +239,7 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
     prefix,
     encoder,
 ):
-    router = await make_router(council="precise", pattern_reload_interval_s=0.05)
+    router = await make_router(council="precise", pattern_reload_interval_s=0.05, pattern_max_error=MAX_ERROR)
     prompt = "when will my new card get here?"
     assert await pattern_tier(router, prompt) is None
 
@@ -221,6 +247,9 @@ async def test_the_router_uses_a_new_pattern_version_without_restart_and_drops_a
     await miner.Mine(miner_pb2.MineRequest())
     reply = await wait_until_async(lambda: pattern_tier(router, prompt), 20, "the router to load the mined set")
     assert reply.text == CARD
+    registry = router.runtime.registry  # the loaded set's calibration numbers, as the router exports them
+    assert registry.get_sample_value("spiral_pattern_set_version") == 1
+    assert registry.get_sample_value("spiral_pattern_set_estimate_ratio", {"estimate": "max_error"}) == 0.1
     assert (await pattern_tier(router, "do not cancel my transfer")).text == KEEP
 
     # Two bad ratings on the card pattern's answers retire it at the next run; the router stops using it.

@@ -40,6 +40,9 @@ def test_environment_overrides_the_profile():
         ({"SPIRAL_ROUTER_INSTANCE": "main"}, "SPIRAL_TRACK"),
         ({"SPIRAL_DEFAULT_MAX_TOKENS": "5000"}, "SPIRAL_DEFAULT_MAX_TOKENS"),
         ({"SPIRAL_PROFILE": "nope"}, "SPIRAL_PROFILE"),
+        ({"SPIRAL_PATTERN_MAX_ERROR": "0"}, "SPIRAL_PATTERN_MAX_ERROR"),
+        ({"SPIRAL_PATTERN_MAX_ERROR": "1"}, "SPIRAL_PATTERN_MAX_ERROR"),
+        ({"SPIRAL_MINER_TARGET_PRECISION": "0.975"}, "SPIRAL_PATTERN_MAX_ERROR"),  # replaced: says by what
     ],
 )
 def test_bad_value_names_the_variable(env, variable):

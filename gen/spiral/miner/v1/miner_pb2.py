@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspiral/miner/v1/miner.proto\x12\x0fspiral.miner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n\x07Pattern\x12\x12\n\npattern_id\x18\x01 \x01(\t\x12\x11\n\texemplars\x18\x02 \x03(\t\x12\x18\n\x10\x63\x61nonical_answer\x18\x03 \x01(\t\x12\x13\n\x0btarget_head\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x05\x12\x11\n\tagreement\x18\x06 \x01(\x01\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07retired\x18\x08 \x01(\x08\x12\x16\n\x0eretired_reason\x18\t \x01(\t\x12\x0f\n\x07negated\x18\n \x01(\x08\"\x1e\n\x0bMineRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\xac\x02\n\x0cMineResponse\x12\x14\n\x0cprompts_read\x18\x01 \x01(\x05\x12\x10\n\x08\x63lusters\x18\x02 \x01(\x05\x12\x1a\n\x12patterns_published\x18\x03 \x01(\x05\x12\x18\n\x10patterns_retired\x18\x04 \x01(\x05\x12\x1b\n\x13pattern_set_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x14\n\x0c\x65ntries_read\x18\x07 \x01(\x05\x12\x17\n\x0f\x65ntries_skipped\x18\x08 \x01(\x05\x12\x14\n\x0cpatterns_new\x18\t \x01(\x05\x12\x0c\n\x04note\x18\n \x01(\t\x12\x1c\n\x14\x63\x61librated_precision\x18\x0b \x01(\x01\x12\x1b\n\x13\x63\x61librated_coverage\x18\x0c \x01(\x01\".\n\x13ListPatternsRequest\x12\x17\n\x0finclude_retired\x18\x01 \x01(\x08\"_\n\x14ListPatternsResponse\x12*\n\x08patterns\x18\x01 \x03(\x0b\x32\x18.spiral.miner.v1.Pattern\x12\x1b\n\x13pattern_set_version\x18\x02 \x01(\x03\"$\n\x12MatchPromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"\x82\x01\n\x13MatchPromptResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12)\n\x07pattern\x18\x02 \x01(\x0b\x32\x18.spiral.miner.v1.Pattern\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x1b\n\x13pattern_set_version\x18\x04 \x01(\x03\x32\x8a\x02\n\x0cMinerService\x12\x43\n\x04Mine\x12\x1c.spiral.miner.v1.MineRequest\x1a\x1d.spiral.miner.v1.MineResponse\x12[\n\x0cListPatterns\x12$.spiral.miner.v1.ListPatternsRequest\x1a%.spiral.miner.v1.ListPatternsResponse\x12X\n\x0bMatchPrompt\x12#.spiral.miner.v1.MatchPromptRequest\x1a$.spiral.miner.v1.MatchPromptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspiral/miner/v1/miner.proto\x12\x0fspiral.miner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n\x07Pattern\x12\x12\n\npattern_id\x18\x01 \x01(\t\x12\x11\n\texemplars\x18\x02 \x03(\t\x12\x18\n\x10\x63\x61nonical_answer\x18\x03 \x01(\t\x12\x13\n\x0btarget_head\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x05\x12\x11\n\tagreement\x18\x06 \x01(\x01\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07retired\x18\x08 \x01(\x08\x12\x16\n\x0eretired_reason\x18\t \x01(\t\x12\x0f\n\x07negated\x18\n \x01(\x08\"\x1e\n\x0bMineRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\xe9\x02\n\x0cMineResponse\x12\x14\n\x0cprompts_read\x18\x01 \x01(\x05\x12\x10\n\x08\x63lusters\x18\x02 \x01(\x05\x12\x1a\n\x12patterns_published\x18\x03 \x01(\x05\x12\x18\n\x10patterns_retired\x18\x04 \x01(\x05\x12\x1b\n\x13pattern_set_version\x18\x05 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x03\x12\x14\n\x0c\x65ntries_read\x18\x07 \x01(\x05\x12\x17\n\x0f\x65ntries_skipped\x18\x08 \x01(\x05\x12\x14\n\x0cpatterns_new\x18\t \x01(\x05\x12\x0c\n\x04note\x18\n \x01(\t\x12\x1c\n\x14\x63\x61librated_precision\x18\x0b \x01(\x01\x12\x1b\n\x13\x63\x61librated_coverage\x18\x0c \x01(\x01\x12;\n\x0b\x63\x61libration\x18\r \x01(\x0b\x32&.spiral.miner.v1.PatternSetCalibration\"\xef\x01\n\x15PatternSetCalibration\x12\x11\n\tmax_error\x18\x01 \x01(\x01\x12\x17\n\x0fknown_precision\x18\x02 \x01(\x01\x12\x16\n\x0eknown_coverage\x18\x03 \x01(\x01\x12\x18\n\x10unknown_answered\x18\x04 \x01(\x01\x12\x1e\n\x16precision_with_unknown\x18\x05 \x01(\x01\x12\x15\n\runknown_share\x18\x06 \x01(\x01\x12\x15\n\rknown_samples\x18\x07 \x01(\x05\x12\x17\n\x0funknown_samples\x18\x08 \x01(\x05\x12\x11\n\tfitted_on\x18\t \x01(\x05\".\n\x13ListPatternsRequest\x12\x17\n\x0finclude_retired\x18\x01 \x01(\x08\"\x9c\x01\n\x14ListPatternsResponse\x12*\n\x08patterns\x18\x01 \x03(\x0b\x32\x18.spiral.miner.v1.Pattern\x12\x1b\n\x13pattern_set_version\x18\x02 \x01(\x03\x12;\n\x0b\x63\x61libration\x18\x03 \x01(\x0b\x32&.spiral.miner.v1.PatternSetCalibration\"$\n\x12MatchPromptRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\"\x82\x01\n\x13MatchPromptResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\x12)\n\x07pattern\x18\x02 \x01(\x0b\x32\x18.spiral.miner.v1.Pattern\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x1b\n\x13pattern_set_version\x18\x04 \x01(\x03\x32\x8a\x02\n\x0cMinerService\x12\x43\n\x04Mine\x12\x1c.spiral.miner.v1.MineRequest\x1a\x1d.spiral.miner.v1.MineResponse\x12[\n\x0cListPatterns\x12$.spiral.miner.v1.ListPatternsRequest\x1a%.spiral.miner.v1.ListPatternsResponse\x12X\n\x0bMatchPrompt\x12#.spiral.miner.v1.MatchPromptRequest\x1a$.spiral.miner.v1.MatchPromptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MINEREQUEST']._serialized_start=318
   _globals['_MINEREQUEST']._serialized_end=348
   _globals['_MINERESPONSE']._serialized_start=351
-  _globals['_MINERESPONSE']._serialized_end=651
-  _globals['_LISTPATTERNSREQUEST']._serialized_start=653
-  _globals['_LISTPATTERNSREQUEST']._serialized_end=699
-  _globals['_LISTPATTERNSRESPONSE']._serialized_start=701
-  _globals['_LISTPATTERNSRESPONSE']._serialized_end=796
-  _globals['_MATCHPROMPTREQUEST']._serialized_start=798
-  _globals['_MATCHPROMPTREQUEST']._serialized_end=834
-  _globals['_MATCHPROMPTRESPONSE']._serialized_start=837
-  _globals['_MATCHPROMPTRESPONSE']._serialized_end=967
-  _globals['_MINERSERVICE']._serialized_start=970
-  _globals['_MINERSERVICE']._serialized_end=1236
+  _globals['_MINERESPONSE']._serialized_end=712
+  _globals['_PATTERNSETCALIBRATION']._serialized_start=715
+  _globals['_PATTERNSETCALIBRATION']._serialized_end=954
+  _globals['_LISTPATTERNSREQUEST']._serialized_start=956
+  _globals['_LISTPATTERNSREQUEST']._serialized_end=1002
+  _globals['_LISTPATTERNSRESPONSE']._serialized_start=1005
+  _globals['_LISTPATTERNSRESPONSE']._serialized_end=1161
+  _globals['_MATCHPROMPTREQUEST']._serialized_start=1163
+  _globals['_MATCHPROMPTREQUEST']._serialized_end=1199
+  _globals['_MATCHPROMPTRESPONSE']._serialized_start=1202
+  _globals['_MATCHPROMPTRESPONSE']._serialized_end=1332
+  _globals['_MINERSERVICE']._serialized_start=1335
+  _globals['_MINERSERVICE']._serialized_end=1601
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ class MineRequest(_message.Message):
     def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
 
 class MineResponse(_message.Message):
-    __slots__ = ("prompts_read", "clusters", "patterns_published", "patterns_retired", "pattern_set_version", "duration_ms", "entries_read", "entries_skipped", "patterns_new", "note", "calibrated_precision", "calibrated_coverage")
+    __slots__ = ("prompts_read", "clusters", "patterns_published", "patterns_retired", "pattern_set_version", "duration_ms", "entries_read", "entries_skipped", "patterns_new", "note", "calibrated_precision", "calibrated_coverage", "calibration")
     PROMPTS_READ_FIELD_NUMBER: _ClassVar[int]
     CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class MineResponse(_message.Message):
     NOTE_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_PRECISION_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     prompts_read: int
     clusters: int
     patterns_published: int
@@ -65,7 +66,30 @@ class MineResponse(_message.Message):
     note: str
     calibrated_precision: float
     calibrated_coverage: float
-    def __init__(self, prompts_read: _Optional[int] = ..., clusters: _Optional[int] = ..., patterns_published: _Optional[int] = ..., patterns_retired: _Optional[int] = ..., pattern_set_version: _Optional[int] = ..., duration_ms: _Optional[int] = ..., entries_read: _Optional[int] = ..., entries_skipped: _Optional[int] = ..., patterns_new: _Optional[int] = ..., note: _Optional[str] = ..., calibrated_precision: _Optional[float] = ..., calibrated_coverage: _Optional[float] = ...) -> None: ...
+    calibration: PatternSetCalibration
+    def __init__(self, prompts_read: _Optional[int] = ..., clusters: _Optional[int] = ..., patterns_published: _Optional[int] = ..., patterns_retired: _Optional[int] = ..., pattern_set_version: _Optional[int] = ..., duration_ms: _Optional[int] = ..., entries_read: _Optional[int] = ..., entries_skipped: _Optional[int] = ..., patterns_new: _Optional[int] = ..., note: _Optional[str] = ..., calibrated_precision: _Optional[float] = ..., calibrated_coverage: _Optional[float] = ..., calibration: _Optional[_Union[PatternSetCalibration, _Mapping]] = ...) -> None: ...
+
+class PatternSetCalibration(_message.Message):
+    __slots__ = ("max_error", "known_precision", "known_coverage", "unknown_answered", "precision_with_unknown", "unknown_share", "known_samples", "unknown_samples", "fitted_on")
+    MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_WITH_UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SHARE_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FITTED_ON_FIELD_NUMBER: _ClassVar[int]
+    max_error: float
+    known_precision: float
+    known_coverage: float
+    unknown_answered: float
+    precision_with_unknown: float
+    unknown_share: float
+    known_samples: int
+    unknown_samples: int
+    fitted_on: int
+    def __init__(self, max_error: _Optional[float] = ..., known_precision: _Optional[float] = ..., known_coverage: _Optional[float] = ..., unknown_answered: _Optional[float] = ..., precision_with_unknown: _Optional[float] = ..., unknown_share: _Optional[float] = ..., known_samples: _Optional[int] = ..., unknown_samples: _Optional[int] = ..., fitted_on: _Optional[int] = ...) -> None: ...
 
 class ListPatternsRequest(_message.Message):
     __slots__ = ("include_retired",)
@@ -74,12 +98,14 @@ class ListPatternsRequest(_message.Message):
     def __init__(self, include_retired: _Optional[bool] = ...) -> None: ...
 
 class ListPatternsResponse(_message.Message):
-    __slots__ = ("patterns", "pattern_set_version")
+    __slots__ = ("patterns", "pattern_set_version", "calibration")
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     PATTERN_SET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     patterns: _containers.RepeatedCompositeFieldContainer[Pattern]
     pattern_set_version: int
-    def __init__(self, patterns: _Optional[_Iterable[_Union[Pattern, _Mapping]]] = ..., pattern_set_version: _Optional[int] = ...) -> None: ...
+    calibration: PatternSetCalibration
+    def __init__(self, patterns: _Optional[_Iterable[_Union[Pattern, _Mapping]]] = ..., pattern_set_version: _Optional[int] = ..., calibration: _Optional[_Union[PatternSetCalibration, _Mapping]] = ...) -> None: ...
 
 class MatchPromptRequest(_message.Message):
     __slots__ = ("prompt",)
