@@ -280,7 +280,9 @@ class PatternStore:
         if not raw:
             return PatternSet.empty()
         meta = json.loads(raw[b"meta"])
-        patterns = [Pattern(**p) for p in meta["patterns"]]
+        # Fields a newer miner added are left out, so that a router a version behind still loads the set.
+        known = {f.name for f in dataclasses.fields(Pattern)}
+        patterns = [Pattern(**{k: v for k, v in p.items() if k in known}) for p in meta["patterns"]]
         calibration = calibration_from_json(meta["calibration"])
         return PatternSet(
             version=int(meta["version"]),
