@@ -109,8 +109,8 @@ class OpenAICompatibleClient:
             raise ProviderFailure("PROVIDER_ERROR", f"{type(exc).__name__}: {exc}", len(pieces)) from exc
         if usage is None:
             raise ProviderFailure("PROVIDER_NO_USAGE", "the stream ended without usage", len(pieces))
-        if finish not in ("stop", "length"):
-            finish = "stop"
+        if finish not in ("stop", "length", "content_filter"):
+            finish = "other"  # tool or function calls (never asked for), or none given: served, never kept
         return ProviderReply("".join(pieces), finish, usage.prompt_tokens, usage.completion_tokens)
 
 

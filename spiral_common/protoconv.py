@@ -17,6 +17,8 @@ FINISH_TO_PROTO = {
     "stop": chat_pb2.FINISH_REASON_STOP,
     "length": chat_pb2.FINISH_REASON_LENGTH,
     "cancelled": chat_pb2.FINISH_REASON_CANCELLED,
+    "content_filter": chat_pb2.FINISH_REASON_CONTENT_FILTER,
+    "other": chat_pb2.FINISH_REASON_OTHER,
 }
 FINISH_FROM_PROTO = {v: k for k, v in FINISH_TO_PROTO.items()}
 

@@ -37,6 +37,7 @@ _FINISH = {
     "stop": chat_pb2.FINISH_REASON_STOP,
     "length": chat_pb2.FINISH_REASON_LENGTH,
     "cancelled": chat_pb2.FINISH_REASON_CANCELLED,
+    "content_filter": chat_pb2.FINISH_REASON_CONTENT_FILTER,
 }
 _ROLE = {"system": chat_pb2.ROLE_SYSTEM, "user": chat_pb2.ROLE_USER, "assistant": chat_pb2.ROLE_ASSISTANT}
 

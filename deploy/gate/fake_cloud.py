@@ -26,6 +26,7 @@ class Behaviour:
     text: str = "The cloud says hello."
     delay_s: float = 0.0
     prompt_tokens: int = 20
+    finish: str = ""  # the finish reason to send ("" = stop, or length at max_tokens); e.g. "content_filter"
 
 
 @dataclass
@@ -74,7 +75,8 @@ class FakeCloud:
                         raise ConnectionResetError("the provider dropped the stream")
                     if behaviour.mode == "stall" and i == 1:
                         await asyncio.sleep(3600)
-                yield chunk({}, "length" if len(words) == body.get("max_tokens") else "stop")
+                natural = "length" if len(words) == body.get("max_tokens") else "stop"
+                yield chunk({}, behaviour.finish or natural)
                 usage = {"prompt_tokens": behaviour.prompt_tokens, "completion_tokens": len(words)}
                 yield chunk({}, usage=usage | {"total_tokens": sum(usage.values())})
                 yield "data: [DONE]\n\n"

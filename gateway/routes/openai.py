@@ -26,6 +26,8 @@ FINISH_REASONS = {
     chat_pb2.FINISH_REASON_STOP: "stop",
     chat_pb2.FINISH_REASON_LENGTH: "length",
     chat_pb2.FINISH_REASON_CANCELLED: "stop",
+    chat_pb2.FINISH_REASON_CONTENT_FILTER: "content_filter",
+    chat_pb2.FINISH_REASON_OTHER: "stop",  # tool or function calls are refused before any tier runs
 }
 
 router = APIRouter()

@@ -54,7 +54,7 @@ class TierResult:
 
     tier: Tier
     text: str
-    finish_reason: str  # "stop", "length", "cancelled"
+    finish_reason: str  # "stop", "length", "cancelled", "content_filter", "other": only "stop" is kept
     prompt_tokens: int = 0
     completion_tokens: int = 0
     adapter_version: str = ""

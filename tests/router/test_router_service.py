@@ -286,6 +286,23 @@ async def test_local_failure_falls_to_the_cloud_which_is_paid_and_logged(make_ro
     assert (exchange.cost_usd_micros, exchange.teacher, exchange.track) == (28, "primary", Track.MAIN)
 
 
+@pytest.mark.parametrize(
+    ("provider_finish", "served"),
+    [("content_filter", chat_pb2.FINISH_REASON_CONTENT_FILTER), ("tool_calls", chat_pb2.FINISH_REASON_OTHER)],
+)
+async def test_a_cloud_answer_that_did_not_stop_naturally_is_served_but_never_cached_nor_taught(
+    make_router, cloud, provider_finish, served
+):
+    cloud.behaviours["primary"] = Behaviour(finish=provider_finish)
+    router = await make_router(ScriptedHeads(DISAGREE))
+    first = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=8)))
+    assert (first.trace.tier, first.finish_reason) == (router_pb2.TIER_CLOUD, served)
+    exchange = decode_entry((await router.redis.xrange(f"{router.prefix}traffic"))[-1][1])
+    assert (exchange.finish_reason, exchange.teaches) == (served, False)
+    again = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=8)))
+    assert again.trace.tier == router_pb2.TIER_CLOUD  # not from the cache
+
+
 async def test_all_heads_failing_falls_to_the_cloud(make_router):
     busy = errors.HeadBusy("busy", retry_after_ms=10)
     router = await make_router(ScriptedHeads({h: busy for h in ("precise", "concise", "creative")}))

@@ -163,7 +163,10 @@ async def test_when_every_tier_passes_the_request_fails_with_the_reasons():
     assert caught.value.reason == "NO_TIER_ANSWERED" and "no cloud" in caught.value.message and not log.appended
 
 
-@pytest.mark.parametrize(("finish", "kept"), [("stop", True), ("length", False), ("cancelled", False)])
+@pytest.mark.parametrize(
+    ("finish", "kept"),
+    [("stop", True), ("length", False), ("cancelled", False), ("content_filter", False), ("other", False)],
+)
 async def test_only_an_answer_that_stopped_naturally_is_cached_or_teaches(finish, kept):
     class CacheMiss(FakeTier):
         async def answer(self, request):
