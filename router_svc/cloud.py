@@ -15,13 +15,15 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
+import httpx
 import openai
 
 from router_svc.deadline import NO_DEADLINE, time_left_s
-from spiral_common.budget import BudgetLedger, Reservation
+from spiral_common.budget import BudgetLedger, Reservation, Scope
 from spiral_common.chat import ChatRequest
 from spiral_common.errors import BudgetExceeded, DeadlineExceeded, Unavailable
 from spiral_common.specs import CloudProvider
@@ -42,12 +44,20 @@ class ProviderReply:
 
 
 class ProviderFailure(Exception):
-    """A provider call failed; `billable_tokens` says how many completion tokens it may still charge."""
+    """A provider call failed; `billable_tokens` says how many completion tokens it may still charge, and
+    `reached` whether the request may have reached the provider (then its prompt may be billed too)."""
 
-    def __init__(self, reason: str, detail: str, billable_tokens: int = 0) -> None:
+    def __init__(self, reason: str, detail: str, billable_tokens: int = 0, *, reached: bool = True) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.billable_tokens = billable_tokens
+        self.reached = reached
+
+
+def reached_provider(exc: openai.APIError) -> bool:
+    """Whether a failed call may have reached the provider (and be billed): only a connection that was never
+    made is known not to have."""
+    return not (isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, httpx.ConnectError))
 
 
 class ProviderClient(Protocol):
@@ -106,7 +116,9 @@ class OpenAICompatibleClient:
         except TimeoutError as exc:
             raise ProviderFailure("PROVIDER_STALLED", f"no data for {self.stall_timeout_s}s", len(pieces)) from exc
         except openai.APIError as exc:
-            raise ProviderFailure("PROVIDER_ERROR", f"{type(exc).__name__}: {exc}", len(pieces)) from exc
+            raise ProviderFailure(
+                "PROVIDER_ERROR", f"{type(exc).__name__}: {exc}", len(pieces), reached=reached_provider(exc)
+            ) from exc
         if usage is None:
             raise ProviderFailure("PROVIDER_NO_USAGE", "the stream ended without usage", len(pieces))
         if finish not in ("stop", "length", "content_filter"):
@@ -158,18 +170,19 @@ class CloudFallback:
         self.cap = per_request_cap_usd_micros
         self._orphans: set[asyncio.Future[None]] = set()  # releases in flight, kept alive until done
 
-    def plan(self, provider: CloudProvider, chat: ChatRequest) -> int:
-        """The max_tokens this provider may use within the per-request cap (0: it cannot fit)."""
+    def plan(self, provider: CloudProvider, chat: ChatRequest, cap_left: int | None = None) -> int:
+        """The max_tokens this provider may use within what is left of the per-request cap (0: it cannot fit)."""
+        cap = self.cap if cap_left is None else cap_left
         prompt_bound = prompt_token_bound(chat)
-        if cost_usd_micros(prompt_bound, chat.max_tokens, provider) <= self.cap:
+        if cost_usd_micros(prompt_bound, chat.max_tokens, provider) <= cap:
             return chat.max_tokens
-        room = self.cap * 1_000_000 - prompt_bound * provider.input_usd_micros_per_million_tokens
+        room = cap * 1_000_000 - prompt_bound * provider.input_usd_micros_per_million_tokens
         return max(room // provider.output_usd_micros_per_million_tokens, 0)
 
-    async def _reserve(self, amount_usd_micros: int, subject: str) -> Reservation:
+    async def _reserve(self, amount_usd_micros: int, subject: str, scope: Scope) -> Reservation:
         """Reserve, even when our caller cancels mid-way: Redis may grant the reservation after we stop
         waiting, so an orphaned grant is released as soon as it arrives instead of waiting to expire."""
-        task = asyncio.ensure_future(self.ledger.reserve(amount_usd_micros, subject=subject))
+        task = asyncio.ensure_future(self.ledger.reserve(amount_usd_micros, subject=subject, scopes=[scope]))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -182,28 +195,40 @@ class CloudFallback:
             self._orphans.add(release)
             release.add_done_callback(self._orphans.discard)
 
-    async def _close(self, reservation: Reservation, provider: CloudProvider, prompt_bound: int, billable: int) -> None:
-        """Settle what a failed call may have cost, or release it when no token came back.
+    async def _close(
+        self, reservation: Reservation, provider: CloudProvider, prompt_bound: int, billable: int, reached: bool
+    ) -> int:
+        """Settle what a failed call may have cost (its prompt at least, once the request may have reached the
+        provider), or release it when it never did. Returns what was charged.
 
         Shielded: the bookkeeping finishes even while our own task is being cancelled."""
-        if billable:
-            await asyncio.shield(self.ledger.settle(reservation, cost_usd_micros(prompt_bound, billable, provider)))
-        else:
+        if not reached:
             await asyncio.shield(self.ledger.release(reservation))
+            return 0
+        charged = cost_usd_micros(prompt_bound, billable, provider)
+        await asyncio.shield(self.ledger.settle(reservation, charged))
+        return charged
 
-    async def answer(self, chat: ChatRequest, attempts: list[Attempt], deadline: float = NO_DEADLINE) -> CloudAnswer:
+    async def answer(
+        self, chat: ChatRequest, attempts: list[Attempt], deadline: float = NO_DEADLINE, request_key: str = ""
+    ) -> CloudAnswer:
         """The first provider that answers within budget; BudgetExceeded or Unavailable otherwise, or
         DeadlineExceeded when the caller's `deadline` (a time.monotonic() instant) passes first.
 
-        Each provider tried is appended to `attempts`, whatever the outcome."""
+        The per-request cap covers every provider attempt of one client request: on this router by what the
+        earlier attempts were charged, and on any router (an Envoy retry of the same request) by the ledger's
+        scope for `request_key` (the request id and the request's digest). Each provider tried is appended to
+        `attempts`, whatever the outcome."""
         refusal: BudgetExceeded | None = None
+        scope = Scope(f"request:{request_key or uuid.uuid4().hex}", self.cap, subject="per_request_cap")
+        charged = 0  # by this request's earlier attempts here
         for provider in self.providers:
             started = time.perf_counter()
             left_s = time_left_s(deadline)
             if not left_s:
                 attempts.append(Attempt(provider.name, "skipped", 0, "DEADLINE_EXCEEDED"))
                 raise DeadlineExceeded("the caller's deadline passed before a cloud provider answered")
-            max_tokens = self.plan(provider, chat)
+            max_tokens = self.plan(provider, chat, self.cap - charged)
             if max_tokens < 1:
                 refusal = BudgetExceeded(
                     f"the prompt alone would cost more than the per-request cap of {self.cap} micro-USD at "
@@ -217,31 +242,41 @@ class CloudFallback:
             prompt_bound = prompt_token_bound(chat)
             try:
                 reservation = await self._reserve(
-                    cost_usd_micros(prompt_bound, max_tokens, provider), f"a {provider.name} call"
+                    cost_usd_micros(prompt_bound, max_tokens, provider), f"a {provider.name} call", scope
                 )
             except BudgetExceeded as exc:
                 refusal = exc
-                attempts.append(Attempt(provider.name, "refused", _since_us(started), "DAILY_POOL"))
+                limit = "DAILY_POOL" if exc.subject == "daily_pool" else "PER_REQUEST_CAP"
+                attempts.append(Attempt(provider.name, "refused", _since_us(started), limit))
                 continue
             try:
                 async with asyncio.timeout(None if math.isinf(left_s) else left_s):
                     reply = await self.client.complete(provider, chat, max_tokens)
             except ProviderFailure as exc:
-                await self._close(reservation, provider, prompt_bound, exc.billable_tokens)
+                charged += await self._close(reservation, provider, prompt_bound, exc.billable_tokens, exc.reached)
                 attempts.append(Attempt(provider.name, "failed", _since_us(started), exc.reason))
                 log.warning("cloud provider failed", extra={"provider": provider.name, "reason": exc.reason})
                 continue
             except TimeoutError as exc:
                 # The caller's time ran out mid-call: the provider may bill the whole call.
-                await self._close(reservation, provider, prompt_bound, max_tokens)
+                await self._close(reservation, provider, prompt_bound, max_tokens, True)
                 attempts.append(Attempt(provider.name, "failed", _since_us(started), "DEADLINE_EXCEEDED"))
                 raise DeadlineExceeded(f"the caller's deadline passed while {provider.name} answered") from exc
             except BaseException:
                 # Our caller went away (or we crashed) mid-call: the provider may bill the whole call.
-                await self._close(reservation, provider, prompt_bound, max_tokens)
+                await self._close(reservation, provider, prompt_bound, max_tokens, True)
                 raise
             actual = cost_usd_micros(reply.prompt_tokens, reply.completion_tokens, provider)
-            await asyncio.shield(self.ledger.settle(reservation, actual))
+            over = await asyncio.shield(self.ledger.settle(reservation, actual))
+            if over:  # the worst-case bound was wrong: recorded by the ledger (a metric, an alert), and said here
+                log.error(
+                    "a provider's usage went past its reservation",
+                    extra={
+                        "provider": provider.name,
+                        "over_usd_micros": over,
+                        "reserved": reservation.amount_usd_micros,
+                    },
+                )
             attempts.append(Attempt(provider.name, "answered", _since_us(started)))
             return CloudAnswer(provider.name, reply, actual, max_tokens)
         if refusal is not None:

@@ -74,6 +74,16 @@ class RouterMetrics:
             "spiral_budget_reserved_usd", "Today's outstanding reservations on the pool, US dollars.", registry=registry
         )
         self.budget_pool = Gauge("spiral_budget_pool_usd", "The daily pool, US dollars.", registry=registry)
+        self.budget_expired_charged = Gauge(
+            "spiral_budget_expired_charged_usd",
+            "Today's reservations charged at their worst case because their caller never settled them, US dollars.",
+            registry=registry,
+        )
+        self.budget_over_reservation = Gauge(
+            "spiral_budget_over_reservation_usd",
+            "Today's settled costs past their reservations (the worst-case bound was wrong), US dollars.",
+            registry=registry,
+        )
         self.pattern_set_version = Gauge(
             "spiral_pattern_set_version",
             "The mined pattern set this router matches against (0: none).",

@@ -279,6 +279,9 @@ class TrainerSettings:
     trainer_usd_per_hour_micros: int = field(default=400_000, metadata={"min": 0})
     distill_run_cap_usd_micros: int = field(default=200_000, metadata={"min": 0})
     distill_min_run_s: int = field(default=120, metadata={"min": 1})
+    # The most of the daily pool the trainer's machine time may take in a day, percent: the rest stays for the
+    # cloud tier. Checked at the trainer's start: the share must pay for a minimum run.
+    trainer_pool_share_percent: int = field(default=50, metadata={"min": 1, "max": 100})
     # Distillation's dataset: at least this many distinct prompts with a teacher answer; at most this many used.
     distill_min_examples: int = field(default=16, metadata={"min": 2})
     distill_max_examples: int = field(default=20_000, metadata={"min": 2})

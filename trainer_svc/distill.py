@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from spiral_common.adapters import AdapterRegistry
-from spiral_common.budget import BudgetLedger
-from spiral_common.config import REPO_ROOT, Settings
+from spiral_common.budget import BudgetLedger, Scope
+from spiral_common.config import REPO_ROOT, ConfigError, Settings
 from spiral_common.errors import BudgetExceeded, FailedPrecondition
 from trainer_svc import dataset as ds
 from trainer_svc.jobs import Job
@@ -77,17 +77,39 @@ def cost_of(seconds: float, usd_per_hour_micros: int) -> int:
 
 
 def plan_cost(requested_s: int, remaining_usd_micros: int, settings: Settings) -> CostPlan | None:
-    """The time budget the run may use and what to reserve for it; None when the pool cannot pay for the
-    minimum run (the job waits for the reset)."""
+    """The time budget the run may use and what to reserve for it: its worst case, the budget plus the grace
+    before the child is killed. None when what is left (of the pool, or of the trainer's share of it) cannot
+    pay for the minimum run (the job waits for the reset)."""
     rate = settings.trainer.trainer_usd_per_hour_micros
     if rate == 0:
         return CostPlan(requested_s, 0, False)
     affordable = min(settings.trainer.distill_run_cap_usd_micros, remaining_usd_micros)
-    affordable_s = int(affordable * 3600 / rate)
+    affordable_s = int(affordable * 3600 / rate - KILL_GRACE_S)
     if affordable_s < settings.trainer.distill_min_run_s:
         return None
     budget = min(requested_s, affordable_s)
-    return CostPlan(budget, cost_of(budget, rate), budget < requested_s)
+    return CostPlan(budget, cost_of(budget + KILL_GRACE_S, rate), budget < requested_s)
+
+
+def trainer_scope(settings: Settings) -> Scope:
+    """The trainer's share of the daily pool: its machine time can never leave the cloud tier with nothing."""
+    share = settings.budget.daily_pool_usd_micros * settings.trainer.trainer_pool_share_percent // 100
+    return Scope("trainer", share)
+
+
+def check_pool_share(settings: Settings) -> None:
+    """At start: the trainer's share of the pool must pay for a minimum run, or no distillation could ever run."""
+    rate = settings.trainer.trainer_usd_per_hour_micros
+    need = cost_of(settings.trainer.distill_min_run_s + KILL_GRACE_S, rate)
+    share = trainer_scope(settings).limit_usd_micros
+    if rate and share < need:
+        raise ConfigError(
+            f"SPIRAL_TRAINER_POOL_SHARE_PERCENT={settings.trainer.trainer_pool_share_percent} of "
+            f"SPIRAL_DAILY_POOL_USD_MICROS={settings.budget.daily_pool_usd_micros} is {share} micro-USD, less than "
+            f"the shortest run costs (SPIRAL_DISTILL_MIN_RUN_S={settings.trainer.distill_min_run_s} plus "
+            f"{KILL_GRACE_S:.0f} s of grace at SPIRAL_TRAINER_USD_PER_HOUR_MICROS={rate}: {need}): no distillation "
+            "could ever run; raise the share or the pool, or lower the minimum run"
+        )
 
 
 def target_modules(setting: str) -> list[str]:
@@ -117,6 +139,8 @@ class DistillRunner:
         self.publisher = publisher
         self.model_path = model_path
         self.system_prompts = system_prompts
+        check_pool_share(settings)
+        self.scope = trainer_scope(settings)
 
     async def run(self, job: Job, progress: ProgressFn) -> dict[str, Any]:
         s = self.settings
@@ -138,13 +162,14 @@ class DistillRunner:
         )  # fmt: skip
 
         requested = job.time_budget_s or s.trainer.distill_time_budget_s
-        budget = await self.ledger.status()
-        plan = plan_cost(requested, budget.remaining_usd_micros, s)
+        budget = await self.ledger.status([self.scope.name])
+        share_left = max(self.scope.limit_usd_micros - sum(budget.scopes[self.scope.name]), 0)
+        left, whose = min((budget.remaining_usd_micros, "the daily pool"), (share_left, "the trainer's share"))
+        plan = plan_cost(requested, left, s)
         if plan is None:
             raise Deferred(
                 budget.resets_at,
-                f"the daily pool has {budget.remaining_usd_micros} micro-USD left, less than a "
-                f"{s.trainer.distill_min_run_s} s run costs; "
+                f"{whose} has {left} micro-USD left, less than a {s.trainer.distill_min_run_s} s run costs; "
                 f"waiting for the reset at {budget.resets_at:%Y-%m-%d %H:%M} UTC",
             )
         try:
@@ -152,6 +177,7 @@ class DistillRunner:
                 plan.reserve_usd_micros,
                 subject=f"distillation {job.job_id}",
                 ttl_s=plan.time_budget_s + 2 * KILL_GRACE_S,  # outlives the run, however it ends
+                scopes=[self.scope],
             )
         except BudgetExceeded as exc:  # spent between the status and the reservation
             raise Deferred(budget.resets_at, str(exc)) from exc
@@ -160,11 +186,9 @@ class DistillRunner:
             try:
                 result = await self._train(job, work, data, plan, progress)
             finally:
-                # Machine time was spent whatever the outcome (a cancelled job too): settled, shielded.
-                cost = min(
-                    cost_of(time.monotonic() - started, s.trainer.trainer_usd_per_hour_micros),
-                    reservation.amount_usd_micros,
-                )
+                # Machine time was spent whatever the outcome (a cancelled job too): all of it is settled (past
+                # the reservation it is recorded as such), shielded.
+                cost = cost_of(time.monotonic() - started, s.trainer.trainer_usd_per_hour_micros)
                 await asyncio.shield(self.ledger.settle(reservation, cost))
 
             await progress(stage="publish")

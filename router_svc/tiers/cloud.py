@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from router_svc.cache import request_digest
 from router_svc.cloud import Attempt, CloudFallback
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, Pass, TierResult, TraceStep
@@ -31,11 +32,14 @@ class CloudTier:
         status = await self.cloud.ledger.status()
         self.metrics.budget_spent.set(status.spent_usd_micros / 1e6)
         self.metrics.budget_reserved.set(status.reserved_usd_micros / 1e6)
+        self.metrics.budget_expired_charged.set(status.expired_charged_usd_micros / 1e6)
+        self.metrics.budget_over_reservation.set(status.over_reservation_usd_micros / 1e6)
 
     async def answer(self, request: CascadeRequest) -> AsyncIterator[str | TierResult | Pass]:
         attempts: list[Attempt] = []
         try:
-            cloud = await self.cloud.answer(request.chat, attempts, request.deadline)
+            key = f"{request.request_id}:{request_digest(request.chat)[:16]}"
+            cloud = await self.cloud.answer(request.chat, attempts, request.deadline, key)
         except DeadlineExceeded:
             self._steps(attempts)  # counted; the cascade traces the refusal
             raise

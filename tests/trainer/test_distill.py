@@ -10,14 +10,14 @@ import asyncio
 import pytest
 
 from spiral_common.adapters import AdapterRegistry
-from spiral_common.budget import BudgetLedger
-from spiral_common.config import load_settings
+from spiral_common.budget import BudgetLedger, Scope
+from spiral_common.config import ConfigError, load_settings
 from spiral_common.enums import Tier
 from spiral_common.model_files import file_sha256
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange
 from trainer_svc.dataset import build_dataset
-from trainer_svc.distill import DistillRunner, plan_cost
+from trainer_svc.distill import DistillRunner, check_pool_share, plan_cost, trainer_scope
 from trainer_svc.jobs import JobQueue
 from trainer_svc.worker import Worker
 
@@ -176,11 +176,21 @@ async def test_too_little_traffic_fails_clearly(redis_client, prefix, tmp_path, 
 
 def test_the_cost_guard_shrinks_the_budget_to_what_the_pool_can_pay(tmp_path):
     settings = settings_for("p:", tmp_path, trainer_usd_per_hour_micros=400_000, distill_run_cap_usd_micros=200_000)
+    # What is reserved is the worst case: the time budget plus the 60 s before a late child is killed.
     full = plan_cost(2400, 1_000_000, settings)  # 40 min at $0.40/h would be $0.267: the $0.20 cap holds
-    assert full.time_budget_s == 1800 and full.reserve_usd_micros == 200_000 and full.shrunk
-    poor = plan_cost(2400, 50_000, settings)  # $0.05 left: 7.5 minutes
-    assert poor.time_budget_s == 450 and poor.reserve_usd_micros == 50_000
-    assert plan_cost(2400, 10_000, settings) is None  # 90 s is below the minimum run: wait for the reset
+    assert full.time_budget_s == 1740 and full.reserve_usd_micros == 200_000 and full.shrunk
+    poor = plan_cost(2400, 50_000, settings)  # $0.05 left: 7.5 minutes, one of them the grace
+    assert poor.time_budget_s == 390 and poor.reserve_usd_micros == 50_000
+    assert plan_cost(2400, 10_000, settings) is None  # 90 s is below the minimum run and grace: wait for the reset
+
+
+def test_the_trainer_may_take_only_its_share_of_the_pool_and_the_share_must_pay_for_a_run(tmp_path):
+    settings = settings_for("p:", tmp_path, daily_pool_usd_micros=100_000, trainer_pool_share_percent=50)
+    assert trainer_scope(settings) == Scope("trainer", 50_000)
+    check_pool_share(settings)
+    tiny = settings_for("p:", tmp_path, daily_pool_usd_micros=2_000, trainer_pool_share_percent=10)
+    with pytest.raises(ConfigError, match="SPIRAL_TRAINER_POOL_SHARE_PERCENT=10"):
+        check_pool_share(tiny)  # 200 micro-USD cannot pay for 120 s + 60 s at 10 micro-USD a second
 
 
 def test_the_dataset_prefers_good_feedback_and_leaves_out_bad(tmp_path):

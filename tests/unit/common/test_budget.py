@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spiral_common.budget import BudgetLedger
+from spiral_common.budget import BudgetLedger, Scope
 from spiral_common.errors import BudgetExceeded
 
 
@@ -66,11 +66,58 @@ async def test_concurrent_reservations_never_exceed_the_pool(ledger):
     assert (await ledger.status()).reserved_usd_micros == 98_000
 
 
-async def test_a_crashed_callers_reservation_expires(ledger, clock):
-    await ledger.reserve(100_000, subject="cloud call")  # the caller dies and never settles
+async def test_a_crashed_callers_reservation_is_charged_at_its_worst_case_once_it_expires(ledger, clock):
+    clock.now -= timedelta(hours=12)  # midday: the expiry must not cross midnight here
+    lost = await ledger.reserve(60_000, subject="cloud call")  # the caller dies and never settles
     clock.now += timedelta(seconds=61)
-    assert (await ledger.status()).reserved_usd_micros == 0
-    await ledger.reserve(100_000, subject="cloud call")
+    status = await ledger.status()
+    assert (status.spent_usd_micros, status.reserved_usd_micros, status.expired_charged_usd_micros) == (
+        60_000,
+        0,
+        60_000,
+    )
+    await ledger.settle(lost, 10)  # a late settle (the caller was only stuck) counts nothing more
+    await ledger.release(lost)
+    assert (await ledger.status()).spent_usd_micros == 60_000
+    with pytest.raises(BudgetExceeded):
+        await ledger.reserve(40_001, subject="cloud call")
+
+
+async def test_a_settle_above_its_reservation_is_counted_and_recorded(ledger):
+    reservation = await ledger.reserve(1_000, subject="cloud call")
+    assert await ledger.settle(reservation, 1_500) == 500
+    status = await ledger.status()
+    assert (status.spent_usd_micros, status.over_reservation_usd_micros) == (1_500, 500)
+
+
+async def test_a_scope_refuses_past_its_own_limit_and_the_pool_claims_nothing_then(ledger):
+    trainer = Scope("trainer", 50_000)
+    first = await ledger.reserve(30_000, subject="a run", scopes=[trainer])
+    with pytest.raises(BudgetExceeded) as caught:
+        await ledger.reserve(30_000, subject="a run", scopes=[trainer])
+    assert (caught.value.metadata["scope"], caught.value.metadata["limit_usd_micros"]) == ("trainer", "50000")
+    await ledger.reserve(70_000, subject="cloud call")  # the rest of the pool is still there for others
+    await ledger.settle(first, 20_000)
+    status = await ledger.status(["trainer"])
+    assert status.scopes == {"trainer": (20_000, 0)} and (status.spent_usd_micros, status.reserved_usd_micros) == (
+        20_000,
+        70_000,
+    )
+
+
+async def test_concurrent_reservations_never_exceed_a_scope_nor_the_pool(ledger):
+    scopes = [Scope("key:a", 20_000), Scope("key:b", 45_000)]
+
+    async def try_reserve(scope):
+        try:
+            return await ledger.reserve(7_000, subject="cloud call", scopes=[scope])
+        except BudgetExceeded:
+            return None
+
+    granted = await asyncio.gather(*(try_reserve(scopes[i % 3 % 2]) for i in range(90)))
+    status = await ledger.status(["key:a", "key:b"])
+    assert status.scopes == {"key:a": (0, 14_000), "key:b": (0, 42_000)}  # 2 and 6 of 7,000 fit
+    assert sum(1 for r in granted if r) == 8 and status.reserved_usd_micros == 56_000
 
 
 async def test_spend_and_reservations_reset_at_midnight_utc(ledger, clock):
