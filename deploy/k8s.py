@@ -332,7 +332,7 @@ def _container(c: Component, settings: Settings) -> dict[str, Any]:
         ports[0]["name"] = "redis"
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "containerPort": c.metrics_port})
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if c.name == "redis":
         mounts.append({"name": "data", "mountPath": "/data"})
     elif c.name == "envoy":
