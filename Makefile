@@ -68,6 +68,11 @@ k8s-validate: bootstrap
 images:
 	bash deploy/images/build.sh
 
+# After `make images`: the head, the routers and the gateway from their images (Redis and Envoy from this machine)
+# answer one question through the gateway.
+test-images: bootstrap
+	$(PY) -m deploy.images.smoke
+
 proto: bootstrap
 	bash scripts/gen-proto.sh
 
