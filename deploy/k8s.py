@@ -157,6 +157,9 @@ def envoy_settings(settings: Settings, cluster: Settings, namespace: str, domain
     )
 
 
+HEAD_CPUS = 4  # a head pod's CPU limit, and its llama.cpp threads
+
+
 def _any(port: int) -> str:
     return f"0.0.0.0:{port}"
 
@@ -220,7 +223,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
         Component(
             name="envoy",
             image=ENVOY_IMAGE,
-            command=["envoy", "-c", "/etc/envoy/envoy.yaml", "--log-level", "warn"],
+            # One Envoy per pod: a new config is a new pod (rollout), never a hot restart.
+            command=["envoy", "-c", "/etc/envoy/envoy.yaml", "--log-level", "warn", "--disable-hot-restart"],
             port=s.envoy.envoy_addr.port,
             # Ready when the routers behind it are: Envoy routes /grpc.health.v1. to them.
             health_service="spiral.router.v1.RouterService",
@@ -252,10 +256,14 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
             env={
                 "SPIRAL_HEAD_ADDR": _any(s.head.head_addr.port),
                 "SPIRAL_HEAD_METRICS_ADDR": _any(s.head.head_metrics_addr.port),
+                # "One per CPU core" would count the node's cores, not the pod's CPU limit.
+                "SPIRAL_HEAD_THREADS": str(s.head.head_threads or HEAD_CPUS),
                 **head_gpu,
             },
             replicas=2,
-            resources=Resources("2", "3Gi", "4", f"{s.head.head_memory_cap_mb + 1024}Mi", gpus=1 if gpu else 0),
+            resources=Resources(
+                "2", "3Gi", str(HEAD_CPUS), f"{s.head.head_memory_cap_mb + 1024}Mi", gpus=1 if gpu else 0
+            ),
             headless=True,
             adapters="ro",
             startup_s=600,

@@ -193,3 +193,9 @@ def test_an_image_installs_its_roles_groups_and_nothing_else():
     trainer = requirements(project, ["trainer"])
     assert any(r.startswith("llama-cpp-python") for r in trainer)  # spiral[head], expanded
     assert not [r for r in trainer if r.startswith("spiral[")]
+
+
+def test_a_head_runs_as_many_llama_cpp_threads_as_its_cpu_limit_not_the_nodes_cores():
+    head = _by_kind(_docs(), "Deployment")["spiral-head"]["spec"]["template"]["spec"]["containers"][0]
+    threads = {e["name"]: e["value"] for e in head["env"]}["SPIRAL_HEAD_THREADS"]
+    assert threads == str(head["resources"]["limits"]["cpu"])
