@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make images [ROLES="gateway-router miner head trainer"] [GPU=1] [TAG=<version>]`: builds the project's images
+# `make images [ROLES="gateway-router miner head trainer"] [GPU=1] [TAG=<version>] [TORCH_INDEX=<url>]`: builds the project's images
 # with podman, offline from any image registry. The two Debian bases (runtime, build) are made here with
 # mmdebstrap and imported into podman; the images then install their Python packages from PyPI (or the
 # mirror pip is configured with) during the build. Debian packages: podman buildah mmdebstrap runc.
@@ -39,8 +39,23 @@ build() {  # build <image> <containerfile> [build args...]
   "${podman_build[@]}" "$@" -f "$file" -t "$image" .
   echo "images: $image built in $((SECONDS - started)) s"
 }
+# Where the trainer's torch wheels come from (the Containerfile's default: download.pytorch.org's CPU index).
+# When it cannot be reached and the trainer was not asked for by name, the trainer is left out, and said so.
+torch_index=()
+if [ -n "${TORCH_INDEX:-}" ]; then torch_index=(--build-arg "TORCH_INDEX=$TORCH_INDEX"); fi
+torch_url="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+left_out=""
 for role in $roles; do
-  build "localhost/spiral-$role:$tag" "deploy/images/$role.Containerfile"
+  if [ "$role" = trainer ] && [ -z "${ROLES:-}" ] \
+    && ! python3 -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=15)" "$torch_url" 2>/dev/null; then
+    left_out="trainer (torch's index $torch_url cannot be reached; set TORCH_INDEX=<index> and ROLES=trainer)"
+    continue
+  fi
+  if [ "$role" = trainer ]; then
+    build "localhost/spiral-$role:$tag" "deploy/images/$role.Containerfile" "${torch_index[@]}"
+  else
+    build "localhost/spiral-$role:$tag" "deploy/images/$role.Containerfile"
+  fi
 done
 if [ "${GPU:-0}" = 1 ]; then
   build "localhost/spiral-head:$tag-cuda" deploy/images/head-gpu.Containerfile
@@ -48,3 +63,4 @@ if [ "${GPU:-0}" = 1 ]; then
     --build-arg CUDA=1 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 fi
 podman images --filter reference='localhost/spiral-*'
+if [ -n "$left_out" ]; then echo "images: NOT built: $left_out" >&2; fi
