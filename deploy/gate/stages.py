@@ -1,4 +1,5 @@
-"""The stages of the release gate: the ten of the issue, in its order, and the hostile-input stage (11).
+"""The stages of the release gate: the ten of the issue, in its order, the hostile-input stage (11) and the
+Kubernetes manifests' offline validation (12).
 
 The test stages split `tests/` between them so that every test runs exactly once: stage 7 takes the
 tests marked `gate_trainer_job` (the dummy trainer job, wherever it lives); of the others, by path,
@@ -327,6 +328,20 @@ def hostile_input(ctx: GateContext) -> Outcome:
     return Outcome.judge(hostile.judge(report, limits), numbers, "artifacts/hostile.json")
 
 
+# -- 12. Kubernetes manifests and images -------------------------------------------------------------------
+def kubernetes(ctx: GateContext) -> Outcome:
+    """Both overlays rendered and validated offline, every Containerfile linted (deploy/k8s_validate.py)."""
+    argv = [ctx.python, "-m", "deploy.k8s_validate"]
+    ctx.write_log(f"$ {' '.join(argv)}")
+    result = subprocess.run(argv, cwd=ctx.root, capture_output=True, text=True, timeout=600)
+    ctx.write_log(result.stdout + result.stderr)
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        return Outcome("red", f"deploy.k8s_validate printed nothing (exit {result.returncode})")
+    report = json.loads(lines[-1])
+    return Outcome.judge(report["failures"], report["numbers"])
+
+
 STAGES = (
     Stage(1, "contracts", "buf lint, buf breaking against the previous release, generated code up to date", contracts),
     Stage(2, "code", "ruff check, ruff format --check, mypy, lint-imports (import contracts)", code),
@@ -339,4 +354,7 @@ STAGES = (
     Stage(9, "canary", "split and health gating through Envoy (tests/integration/test_canary.py)", canary),
     Stage(10, "bench smoke", "cache-hit path latency at a short duration", bench_smoke),
     Stage(11, "hostile input", "a corpus of bad requests, schemathesis and a gRPC fuzz, with a probe", hostile_input),
+    Stage(
+        12, "kubernetes", "both overlays: kubernetes-validate (strict), checkov; hadolint on deploy/images/", kubernetes
+    ),
 )
