@@ -278,6 +278,11 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
             env={
                 "SPIRAL_TRAINER_ADDR": _any(s.trainer.trainer_addr.port),
                 "SPIRAL_TRAINER_METRICS_ADDR": _any(s.trainer.trainer_metrics_addr.port),
+                # A pod cannot make the network namespace the one-box trainer makes; its NetworkPolicy lets it
+                # reach only Envoy and Redis instead, so the operator's "the network may stay on" is said here.
+                "SPIRAL_TRAINER_SANDBOX": "none",
+                # The pod's memory limit bounds the training child; an address-space cap would break CUDA.
+                "SPIRAL_TRAINER_MEMORY_LIMIT_MB": "0",
                 **head_gpu,
             },
             resources=Resources("2", "8Gi", "4", "16Gi", gpus=1 if gpu else 0),

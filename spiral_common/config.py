@@ -53,7 +53,7 @@ def parse_address(name: str, raw: str) -> Address:
 
 # Settings that take one of a few words.
 _CHOICES = {
-    "trainer_sandbox": ("auto", "unshare", "none"),
+    "trainer_sandbox": ("unshare", "none"),
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
 }
@@ -267,8 +267,11 @@ class TrainerSettings:
     trainer_max_attempts: int = field(default=3, metadata={"min": 1})
     # Work files (datasets, adapters before publication); empty means <run_dir>/trainer.
     trainer_work_dir: str = ""
-    # Run training with networking disabled: "auto" (when the kernel allows it), "unshare", "none".
-    trainer_sandbox: str = "auto"
+    # Training runs in a network namespace ("unshare"; where the kernel refuses one, jobs refuse to train), or
+    # with the network on ("none": the operator allows it, e.g. where a NetworkPolicy cuts the trainer off).
+    trainer_sandbox: str = "unshare"
+    # The training child's address space, MiB (0: no limit): a runaway run fails alone instead of taking the box.
+    trainer_memory_limit_mb: int = field(default=12288, metadata={"min": 0})
     # Scheduler: distillation as a cron expression in UTC ("" disables), mining every N hours (0 disables).
     distill_schedule: str = "0 2 * * *"
     mine_interval_h: float = field(default=6.0, metadata={"min": 0.0})

@@ -36,7 +36,7 @@ from spiral_common.config import REPO_ROOT, ConfigError, Settings
 from spiral_common.errors import BudgetExceeded, FailedPrecondition
 from trainer_svc import dataset as ds
 from trainer_svc.jobs import Job
-from trainer_svc.sandbox import sandbox_prefix
+from trainer_svc.sandbox import child_env, sandbox_prefix
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ class DistillRunner:
         )
         spec = {
             "model_path": str(self.model_path),
+            "memory_limit_mb": s.trainer.trainer_memory_limit_mb,
             "train": [[e.prompt, e.answer] for e in data.train],
             "heldout": [[e.prompt, e.answer] for e in data.heldout],
             "system_prompts": self.system_prompts,
@@ -301,11 +302,10 @@ def die_with_parent(parent_pid: int) -> None:
 
 async def run_child(command: list[str], progress: ProgressFn, *, deadline_s: float, log_path: Path) -> dict[str, Any]:
     """Runs the training child, relaying its progress; kills it (and its group) on cancellation or deadline."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen")]),
-        PARENT_PID_ENV: str(os.getpid()),
-    }
+    env = child_env(
+        os.environ,
+        {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "gen")]), PARENT_PID_ENV: str(os.getpid())},
+    )
     with log_path.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             *command,

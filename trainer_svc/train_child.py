@@ -14,6 +14,7 @@ exact match scores 1). The adapter's score is the mean; exact matches are counte
 from __future__ import annotations
 
 import os
+import resource
 
 # Before any Hugging Face import: nothing is ever downloaded.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -151,12 +152,22 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def limit_resources(memory_limit_mb: int) -> None:
+    """The child's own limits, set before it loads anything: no core dumps (they would hold the training data),
+    and an address space cap so that a runaway run fails alone (MemoryError) instead of taking the box."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if memory_limit_mb:
+        limit = memory_limit_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main(argv: list[str]) -> int:
     from trainer_svc.distill import PARENT_PID_ENV, die_with_parent
 
     if PARENT_PID_ENV in os.environ:
         die_with_parent(int(os.environ[PARENT_PID_ENV]))
     spec = json.loads(Path(argv[1]).read_text())
+    limit_resources(int(spec.get("memory_limit_mb", 0)))
     try:
         emit("result", **run(spec))
     except Exception as exc:  # reported to the worker as the attempt's error

@@ -227,7 +227,7 @@ def test_the_training_process_dies_with_its_worker(tmp_path):
     from tests.helpers import wait_until
     from trainer_svc.sandbox import sandbox_prefix
 
-    prefix, _ = sandbox_prefix("auto")
+    prefix, _ = sandbox_prefix("unshare")
     pid_file = tmp_path / "child.pid"
     child = textwrap.dedent(f"""
         import os, time
