@@ -41,6 +41,12 @@ class NotFound(SpiralError):
     reason = "NOT_FOUND"
 
 
+class AlreadyExists(SpiralError):
+    """The thing the call would create exists already (a second rating of one answer)."""
+
+    reason = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(SpiralError):
     """The system is not in a state that allows the call (adapter for another base model)."""
 

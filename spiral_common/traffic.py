@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from spiral.common.v1 import chat_pb2
 from spiral.traffic.v1 import traffic_pb2
 from spiral_common.enums import TEACHING_TIERS, Tier, Track
-from spiral_common.errors import InvalidArgument, NotFound
+from spiral_common.errors import AlreadyExists, InvalidArgument, NotFound
 from spiral_common.redis_values import as_bytes, as_text
 
 SCHEMA_VERSION = 1
@@ -187,6 +187,7 @@ class TrafficLog:
         self.redis = redis
         self.stream = stream_key(prefix)
         self.index_prefix = f"{prefix}answer:"
+        self.rated_prefix = f"{prefix}rated:"
         self.max_entries = max_entries
 
     async def append(self, exchange: traffic_pb2.TrafficExchange) -> None:
@@ -212,6 +213,23 @@ class TrafficLog:
         answered_by = await self.redis.get(self.index_prefix + answer_id) if answer_id else None
         if answered_by is None:
             raise NotFound(f"no answer {answer_id!r} in the traffic log", reason="ANSWER_NOT_FOUND", field="answer_id")
+        # One rating per answer: a repeated "bad" would otherwise retire patterns, drop training examples and
+        # steer the canary as many times as someone cares to send it.
+        rated = self.rated_prefix + answer_id
+        if not await self.redis.set(rated, rating, nx=True, ex=ANSWER_INDEX_TTL_S):
+            raise AlreadyExists(
+                f"answer {answer_id!r} was rated already; one rating per answer",
+                reason="ALREADY_RATED",
+                field="answer_id",
+            )
+        try:
+            await self._append_rating(answer_id, rating, comment)
+        except BaseException:
+            await self.redis.delete(rated)  # not recorded: the rating may be sent again
+            raise
+        return as_text(answered_by)
+
+    async def _append_rating(self, answer_id: str, rating: str, comment: str) -> None:
         await self.redis.xadd(
             self.stream,
             {
@@ -224,7 +242,6 @@ class TrafficLog:
             maxlen=self.max_entries,
             approximate=True,
         )
-        return as_text(answered_by)
 
 
 def stream_key(prefix: str) -> str:

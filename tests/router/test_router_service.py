@@ -432,6 +432,19 @@ async def test_feedback_attaches_to_a_logged_answer(make_router):
         assert reason_of(caught.value)[1] == reason
 
 
+async def test_an_answer_is_rated_once_however_often_bad_is_sent(make_router):
+    router = await make_router()
+    reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
+    bad = router_pb2.SubmitFeedbackRequest(answer_id=reply.answer_id, rating=router_pb2.RATING_BAD)
+    await router.stub.SubmitFeedback(bad)
+    for _ in range(5):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await router.stub.SubmitFeedback(bad)
+        assert reason_of(caught.value)[:2] == (grpc.StatusCode.ALREADY_EXISTS, "ALREADY_RATED")
+    ratings = [f for _, f in await router.redis.xrange(f"{router.prefix}traffic") if f[b"kind"] == b"feedback"]
+    assert len(ratings) == 1
+
+
 async def test_a_reload_switches_the_heads_and_the_cache_key(make_router):
     router = await make_router()
     await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
