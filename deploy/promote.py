@@ -100,8 +100,10 @@ class PrometheusSource:
         errors = self._scalar(f'sum(increase({calls[:-1]},grpc_code=~"{SERVER_ERRORS}"}}[{window}]))')
         answers = self._scalar(f"sum(increase(spiral_router_requests_total{{{job}}}[{window}]))")
         cloud = self._scalar(f'sum(increase(spiral_router_requests_total{{{job},tier="cloud"}}[{window}]))')
-        feedback = self._scalar(f'sum(increase(spiral_feedback_total{{track="{router}"}}[{window}]))')
-        bad = self._scalar(f'sum(increase(spiral_feedback_total{{track="{router}",rating="bad"}}[{window}]))')
+        # Either router takes a rating, for the track that gave the answer; only the routers' own series count.
+        rated = f'spiral_feedback_total{{job=~"spiral-router-(main|canary)",track="{router}"'
+        feedback = self._scalar(f"sum(increase({rated}}}[{window}]))")
+        bad = self._scalar(f'sum(increase({rated},rating="bad"}}[{window}]))')
         buckets = f"spiral_router_request_duration_seconds_bucket{{{job}}}"
         p95 = self._scalar(f"histogram_quantile(0.95, sum by (le) (rate({buckets}[{window}])))")
         return RouterStats(

@@ -189,7 +189,7 @@ def programs(settings: Settings, python: str) -> list[Program]:
             "prometheus",
             f"{shutil.which('prometheus') or 'prometheus'} --config.file={run}/prometheus.yml "
             f"--storage.tsdb.path={run}/prometheus --web.listen-address={observability.prometheus_addr} "
-            "--storage.tsdb.retention.time=15d --web.enable-lifecycle",
+            "--storage.tsdb.retention.time=15d",  # no --web.enable-lifecycle: no one may stop it over HTTP
             60,
         ),
         Program(
