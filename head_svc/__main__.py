@@ -32,7 +32,7 @@ async def main() -> None:
         context_tokens=settings.head.head_context_tokens,
     )
     registry = AdapterRegistry(settings.adapters_path, base_model.sha256)
-    pool = build_pool(settings, registry)
+    pool = build_pool(settings, registry, state_path=settings.run_path / "head-serving.json")
     start_adapters = {spec.adapter for spec in pool.heads.values() if spec.adapter}
     plan = memory.plan(
         model_path,
@@ -65,9 +65,11 @@ async def main() -> None:
             gpu_layers=settings.head.head_gpu_layers,
         )
     )
+    served_before = pool.saved_state()
     for spec in pool.heads.values():
         if spec.adapter:
             await pool.load_adapter(spec.adapter, [spec.name], tracks=BOTH_TRACKS)
+    await pool.restore(served_before)  # what was served before a restart wins over heads.json: it came later
     log.info("model loaded")
 
     async def close() -> None:

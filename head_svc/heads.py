@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from spiral_common.adapters import AdapterRegistry
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.enums import BOTH_TRACKS, Track
-from spiral_common.errors import HeadBusy, NotFound, Unavailable
+from spiral_common.errors import HeadBusy, NotFound, SpiralError, Unavailable
 from spiral_common.llama_engine import Engine, Outcome, check_fits
 from spiral_common.specs import HeadSpec
 
@@ -53,9 +56,12 @@ class HeadPool:
         max_concurrent: int,
         flush_interval_ms: int = 0,
         registry: AdapterRegistry | None = None,
+        state_path: Path | None = None,
     ) -> None:
         self.heads = {h.name: h for h in heads}
         self.registry = registry
+        # What each (head, track) serves, kept across restarts: written after every switch, read at start.
+        self.state_path = state_path
         # (head, track) -> the adapter serving new requests there; None is the base model.
         self.slots: dict[tuple[str, Track], LoadedAdapter | None] = {
             (h.name, t): None for h in heads for t in BOTH_TRACKS
@@ -117,6 +123,7 @@ class HeadPool:
                     self.slots[(head, track)] = loaded
             for old in {id(a): a for a in replaced if a is not None and a is not loaded}.values():
                 self._release(old)
+            self._save_state()
             log.info(
                 "adapter switched",
                 extra={
@@ -126,6 +133,47 @@ class HeadPool:
                 },
             )
             return (loaded.version if loaded else ""), targets, previous
+
+    def _save_state(self) -> None:
+        """Write what each (head, track) serves, atomically (a crash leaves the old file or the new one)."""
+        if self.state_path is None:
+            return
+        state = {"serving": {f"{h}/{t.label}": (a.version if a else "") for (h, t), a in self.slots.items()}}
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+        tmp.chmod(0o600)
+        os.replace(tmp, self.state_path)
+
+    def saved_state(self) -> dict[str, str]:
+        """What each "head/track" served before a restart, as last written ({} when unknown). Read it before
+        loading anything: every switch writes the file anew."""
+        if self.state_path is None or not self.state_path.exists():
+            return {}
+        try:
+            serving = json.loads(self.state_path.read_text())["serving"]
+            return {str(k): str(v) for k, v in serving.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("the adapters served before the restart are unknown", extra={"error": str(exc)})
+            return {}
+
+    async def restore(self, serving: dict[str, str]) -> None:
+        """At start: serve again what each (head, track) served before the restart (`saved_state`). A version
+        that is gone from the registry leaves that slot as it is, and says so."""
+        for key, version in sorted(serving.items()):
+            head, _, track_label = str(key).partition("/")
+            if head not in self.heads or track_label not in {t.label for t in BOTH_TRACKS}:
+                continue
+            track = Track.from_label(track_label)
+            if self.adapter_version(head, track) == version:
+                continue
+            try:
+                await self.load_adapter(version or "none", [head], tracks=(track,))
+            except SpiralError as exc:
+                log.warning(
+                    "could not restore an adapter served before the restart",
+                    extra={"head": head, "track": track_label, "version": version, "error": exc.message},
+                )
 
     def _release(self, adapter: LoadedAdapter) -> None:
         """Free an adapter once no slot serves it and no generation uses it (on the generation thread)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 
 from head_svc.heads import HeadPool
@@ -16,12 +18,13 @@ from spiral_common.specs import load_heads
 SERVICE_NAME = head_pb2.DESCRIPTOR.services_by_name["HeadService"].full_name
 
 
-def build_pool(settings: Settings, registry: AdapterRegistry | None = None) -> HeadPool:
+def build_pool(settings: Settings, registry: AdapterRegistry | None = None, state_path: Path | None = None) -> HeadPool:
     return HeadPool(
         load_heads(settings.head.heads_file),
         settings.head.head_max_concurrent,
         flush_interval_ms=settings.head.head_stream_flush_ms,
         registry=registry,
+        state_path=state_path,
     )
 
 

@@ -172,3 +172,23 @@ def test_the_memory_guard_refuses_to_start_above_the_cap(tmp_path):
     assert result.returncode == 2
     assert "over the cap of 20 MiB (SPIRAL_HEAD_MEMORY_CAP_MB)" in result.stderr
     assert "the model needs" in result.stderr
+
+
+async def test_a_restarted_head_serves_again_what_each_track_served(engine, model_path, taught_adapter, tmp_path):
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test"})
+    registry = AdapterRegistry(tmp_path / "adapters", file_sha256(model_path))
+    registry.publish(taught_adapter[1], "v1")
+    state = tmp_path / "run" / "head-serving.json"
+    before = build_pool(settings, registry, state_path=state)
+    await before.load(lambda: engine)
+    await before.load_adapter("v1", [], tracks=(Track.CANARY,))
+    assert state.stat().st_mode & 0o777 == 0o600
+    after = build_pool(settings, registry, state_path=state)  # the process restarted
+    saved = after.saved_state()
+    await before.load_adapter("none", [], tracks=BOTH_TRACKS)  # the old process's adapter goes with it
+    await after.load(lambda: engine)
+    await after.restore({**saved, "precise/main": "v9"})  # a version since removed leaves its slot alone
+    heads = list(after.heads)
+    assert {after.adapter_version(h, Track.CANARY) for h in heads} == {"v1"}
+    assert {after.adapter_version(h, Track.MAIN) for h in heads} == {""}
+    await after.load_adapter("none", [], tracks=BOTH_TRACKS)

@@ -36,6 +36,7 @@ class ScriptedHeads:
         self.calls: list[tuple[str, object, str]] = []
         self.cancelled: list[str] = []
         self.timeouts: dict[str, float | None] = {}  # the time each head was given, by head
+        self.adapter = ""  # the adapter version the heads serve, as their answers report it
 
     async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
         self.calls.append((head, request, request_id))
@@ -50,7 +51,7 @@ class ScriptedHeads:
             raise script
         for word in str(script).split(" "):
             yield HeadText(word + " ")
-        yield HeadDone("stop", 12, len(str(script).split()), head, "")
+        yield HeadDone("stop", 12, len(str(script).split()), head, self.adapter)
 
     async def load_adapter(self, version, *, tracks, request_id):
         self.reloads = getattr(self, "reloads", []) + [(version, tracks == (Track.CANARY,))]
@@ -180,6 +181,11 @@ async def test_an_adapter_change_never_serves_the_old_adapters_answer(make_route
     await router.redis.set(f"{router.prefix}adapter_version:main", "v2")
     reply = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
     assert reply.trace.tier == router_pb2.TIER_COUNCIL
+    # The heads still served the old adapter (say one restarted and lost the switch): that answer is not
+    # cached under v2.
+    assert (await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))).trace.tier == router_pb2.TIER_COUNCIL
+    router.heads.adapter = "v2"  # now they serve v2
+    await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))
     assert (await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask()))).trace.tier == router_pb2.TIER_CACHE
 
 

@@ -204,3 +204,16 @@ async def test_a_prompt_too_long_for_the_heads_goes_to_the_cloud(local):
     with pytest.raises(Unavailable) as caught:
         await cascade.answer(_chat(), "r")
     assert "context window" in caught.value.message or "exceed" in caught.value.message
+
+
+async def test_an_answer_is_cached_only_under_the_adapter_that_produced_it():
+    class CacheMiss(FakeTier):
+        async def answer(self, request):
+            request.cache_key, request.adapter_version = "key", "v1"
+            yield Pass(Outcome.MISSED)
+
+    for produced_by, stored in (("v1", 1), ("", 0), ("v2", 0)):
+        council = FakeTier(Tier.COUNCIL, TierResult(Tier.COUNCIL, "Paris", "stop", adapter_version=produced_by))
+        cascade, _, cache = _cascade(CacheMiss(Tier.CACHE, None), council)
+        await cascade.answer(_chat(), "r")
+        assert len(cache.stored) == stored
