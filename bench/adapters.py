@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import statistics
 import tempfile
 import time
@@ -25,6 +26,7 @@ from head_svc.server import build_pool, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.adapters import AdapterRegistry
+from spiral_common.auth import Credentials, bearer
 from spiral_common.config import load_settings
 from spiral_common.llama_engine import LlamaEngine
 from spiral_common.model_files import embedded_model_path, file_sha256
@@ -60,7 +62,9 @@ async def run(max_tokens: int, rounds: int) -> dict:
     registry.publish(work / "secret.gguf", "v1")
     settings = load_settings({"SPIRAL_HEAD_MAX_CONCURRENT": "64", "SPIRAL_HEAD_STREAM_FLUSH_MS": "0"})
     pool = build_pool(settings, registry)
-    runtime = create_server(settings, pool, head_pb2.BaseModel(sha256=registry.base_model_sha256), port=0)
+    token = Credentials(service_token=secrets.token_urlsafe(16))  # LoadAdapter asks who calls
+    base = head_pb2.BaseModel(sha256=registry.base_model_sha256)
+    runtime = create_server(settings, pool, base, port=0, credentials=token)
     await runtime.start()
     await pool.load(
         lambda: LlamaEngine(model, context_tokens=settings.head.head_context_tokens, threads=0, gpu_layers=0)
@@ -70,7 +74,7 @@ async def run(max_tokens: int, rounds: int) -> dict:
         stub = head_pb2_grpc.HeadServiceStub(channel)
 
         async def decode_rate(version: str) -> float:
-            await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version=version))
+            await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version=version), metadata=bearer(token.service_token))
             rates = []
             for _ in range(rounds):
                 for prompt in PROMPTS:
@@ -85,7 +89,7 @@ async def run(max_tokens: int, rounds: int) -> dict:
         for n in range(10):
             version = "none" if n % 2 == 0 else "v1"
             started = time.perf_counter()
-            await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version=version))
+            await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version=version), metadata=bearer(token.service_token))
             _, _, _, used = await timed_answer(stub, PROMPTS[1], 1)
             reloads.append(time.perf_counter() - started)
             assert used == ("" if version == "none" else version)
@@ -94,7 +98,10 @@ async def run(max_tokens: int, rounds: int) -> dict:
 
         async def load_loop():
             for n in range(10):
-                await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="v1" if n % 2 == 0 else "none"))
+                await stub.LoadAdapter(
+                    head_pb2.LoadAdapterRequest(version="v1" if n % 2 == 0 else "none"),
+                    metadata=bearer(token.service_token),
+                )
                 await asyncio.sleep(0.1)
 
         async def requests():

@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 
 from spiral_common import canary
+from spiral_common.auth import secrets_file
 from spiral_common.config import REPO_ROOT, Address, Settings, load_settings, settings_env
 from spiral_common.specs import secret
 
@@ -230,11 +231,12 @@ def render_supervisord(settings: Settings, python: str, secrets_file: Path | Non
 
 def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = None) -> Path:
     """The env file the services read secrets from: SPIRAL_ENV_FILE if set, else one in the run
-    directory, created (mode 0600) with a random admin token on first use."""
+    directory, created (mode 0600) with a random admin token and service token on first use; a file of our own
+    from before the service token gets one appended."""
     env = os.environ if environ is None else environ
+    path = secrets_file(settings, env)
     if env.get("SPIRAL_ENV_FILE"):
-        return Path(env["SPIRAL_ENV_FILE"]).resolve()
-    path = settings.run_path / "secrets.env"
+        return path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -243,6 +245,9 @@ def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = Non
                 "# Secrets of this platform (mode 0600). Add MISTRAL_API_KEY= and OPENAI_API_KEY= for the cloud.\n"
             )
             fh.write(f"SPIRAL_ADMIN_TOKEN={secrets.token_urlsafe(32)}\n")
+    if "SPIRAL_SERVICE_TOKEN=" not in path.read_text():
+        with path.open("a") as fh:
+            fh.write(f"SPIRAL_SERVICE_TOKEN={secrets.token_urlsafe(32)}\n")
     return path
 
 

@@ -10,6 +10,7 @@ from head_svc.heads import HeadPool
 from head_svc.servicer import HeadServicer
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral_common.adapters import AdapterRegistry
+from spiral_common.auth import Credentials
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server
@@ -35,7 +36,10 @@ def create_server(
     *,
     port: int | None = None,
     metrics: CollectorRegistry | None = None,
+    credentials: Credentials | None = None,
 ) -> ServiceRuntime:
+    """The head's server; LoadAdapter (it changes what is served) needs the admin or the service token
+    (`credentials`, default from the secrets)."""
     servicer = HeadServicer(pool, limits_from(settings), base_model)
     return build_server(
         domain="head.spiral",
@@ -44,4 +48,6 @@ def create_server(
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: head_pb2_grpc.add_HeadServiceServicer_to_server(servicer, server),
         registry=metrics,
+        protected=[f"/{SERVICE_NAME}/LoadAdapter"],
+        credentials=credentials,
     )

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from miner_svc.mining import Miner, MinerConfig
 from miner_svc.servicer import MinerServicer
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
+from spiral_common.auth import Credentials
 from spiral_common.config import Settings
 from spiral_common.embedding import SentenceEncoder
 from spiral_common.grpc_service import ServiceRuntime, build_server
@@ -41,7 +42,10 @@ def build_miner(settings: Settings, deps: MinerDeps) -> Miner:
     return Miner(deps.redis, deps.encoder, prefix=settings.redis.redis_prefix, config=miner_config(settings))
 
 
-def create_server(settings: Settings, deps: MinerDeps, *, port: int | None = None) -> ServiceRuntime:
+def create_server(
+    settings: Settings, deps: MinerDeps, *, port: int | None = None, credentials: Credentials | None = None
+) -> ServiceRuntime:
+    """The miner's server; Mine (it publishes and retires patterns) needs the admin or the service token."""
     servicer = MinerServicer(
         build_miner(settings, deps),
         PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
@@ -54,4 +58,6 @@ def create_server(settings: Settings, deps: MinerDeps, *, port: int | None = Non
         port=settings.miner.miner_addr.port if port is None else port,
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: miner_pb2_grpc.add_MinerServiceServicer_to_server(servicer, server),
+        protected=[f"/{SERVICE_NAME}/Mine"],
+        credentials=credentials,
     )

@@ -37,7 +37,12 @@ async def main() -> None:
     channel = grpc.aio.insecure_channel(settings.head.head_addr)
     redis = aioredis.from_url(settings.redis.redis_url)
     deps = RouterDeps(
-        heads=GrpcHeadClient(channel, settings.router.head_deadline_s, track=Track.from_label(settings.router.track)),
+        heads=GrpcHeadClient(
+            channel,
+            settings.router.head_deadline_s,
+            track=Track.from_label(settings.router.track),
+            service_token=secret("SPIRAL_SERVICE_TOKEN"),
+        ),
         redis=redis,
         cloud_client=OpenAICompatibleClient(
             keys, usable, timeout_s=settings.cloud.cloud_timeout_s, stall_timeout_s=settings.cloud.cloud_stall_timeout_s

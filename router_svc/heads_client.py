@@ -9,6 +9,7 @@ from typing import Protocol
 import grpc
 
 from spiral.head.v1 import head_pb2, head_pb2_grpc
+from spiral_common.auth import bearer
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Track
 from spiral_common.grpc_service import error_from_rpc
@@ -62,10 +63,13 @@ class HeadClient(Protocol):
 class GrpcHeadClient:
     """Streams generations from a head service; upstream failures become domain errors."""
 
-    def __init__(self, channel: grpc.aio.Channel, deadline_s: float, track: Track = Track.MAIN) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, deadline_s: float, track: Track = Track.MAIN, service_token: str = ""
+    ) -> None:
         self._stub = head_pb2_grpc.HeadServiceStub(channel)
         self._deadline_s = deadline_s
         self._track = track  # the track whose adapter this router's generations use on the heads
+        self._service_token = service_token  # LoadAdapter changes what is served: the heads ask who calls
 
     async def load_adapter(self, version: str, *, tracks: tuple[Track, ...], request_id: str) -> AdapterSwitch:
         canary_only = tuple(tracks) == (Track.CANARY,)
@@ -74,7 +78,7 @@ class GrpcHeadClient:
         try:
             reply = await self._stub.LoadAdapter(
                 request,
-                metadata=((REQUEST_ID_HEADER, request_id),),
+                metadata=((REQUEST_ID_HEADER, request_id), *bearer(self._service_token)),
                 timeout=60,
             )
         except grpc.aio.AioRpcError as exc:

@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 
 from spiral_common import errors
+from spiral_common.auth import Credentials
 from spiral_common.logs import REQUEST_ID_HEADER, is_safe_request_id, new_request_id, request_id_var
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,20 @@ class RpcMetrics:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Sets the request id, maps domain errors to statuses, and counts every RPC."""
+    """Sets the request id, checks the credentials of protected (state-changing) methods, maps domain errors to
+    statuses, and counts every RPC."""
 
-    def __init__(self, domain: str, metrics: RpcMetrics) -> None:
+    def __init__(
+        self,
+        domain: str,
+        metrics: RpcMetrics,
+        protected: frozenset[str] = frozenset(),
+        credentials: Credentials | None = None,
+    ) -> None:
         self.domain = domain
         self.metrics = metrics
+        self.protected = protected  # full method names, "/package.Service/Method"
+        self.credentials = credentials or Credentials()
 
     async def intercept_service(
         self,
@@ -120,32 +130,46 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         request_id = dict(details.invocation_metadata or ()).get(REQUEST_ID_HEADER, "")
         if not is_safe_request_id(request_id):  # absent, or not one a log line should carry as it is
             request_id = new_request_id()
+        denial: errors.SpiralError | None = None
+        if details.method in self.protected:
+            try:
+                self.credentials.principal(details.invocation_metadata, method)
+            except errors.Unauthenticated as exc:
+                denial = exc  # raised inside the call's scope: counted, logged and mapped like any refusal
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, service, method, request_id),
+                self._wrap_unary(handler.unary_unary, service, method, request_id, denial),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, service, method, request_id),
+                self._wrap_stream(handler.unary_stream, service, method, request_id, denial),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _wrap_unary(self, behavior: Any, service: str, method: str, request_id: str) -> Any:
+    def _wrap_unary(
+        self, behavior: Any, service: str, method: str, request_id: str, denial: errors.SpiralError | None
+    ) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             scope = _CallScope(self, service, method, "unary", request_id, context)
             async with scope:
+                if denial is not None:
+                    raise denial
                 return await behavior(request, context)
 
         return wrapper
 
-    def _wrap_stream(self, behavior: Any, service: str, method: str, request_id: str) -> Any:
+    def _wrap_stream(
+        self, behavior: Any, service: str, method: str, request_id: str, denial: errors.SpiralError | None
+    ) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             scope = _CallScope(self, service, method, "server_stream", request_id, context)
             async with scope:
+                if denial is not None:
+                    raise denial
                 async for item in behavior(request, context):
                     yield item
 
@@ -241,10 +265,18 @@ def build_server(
     service_names: Iterable[str],
     add_servicers: Callable[[grpc.aio.Server], None],
     registry: CollectorRegistry | None = None,
+    protected: Iterable[str] = (),
+    credentials: Credentials | None = None,
 ) -> ServiceRuntime:
-    """A grpc.aio server with the interceptor, health (NOT_SERVING until told) and reflection."""
+    """A grpc.aio server with the interceptor, health (NOT_SERVING until told) and reflection.
+
+    `protected` names the methods that change state ("/package.Service/Method"): each call needs one of
+    `credentials`' tokens (default: from the secrets, spiral_common.auth)."""
     registry = registry or service_registry()
-    interceptor = ServiceInterceptor(domain, RpcMetrics(registry))
+    protected = frozenset(protected)
+    if protected and credentials is None:
+        credentials = Credentials.from_secrets()
+    interceptor = ServiceInterceptor(domain, RpcMetrics(registry), protected, credentials)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],

@@ -11,6 +11,7 @@ import grpc
 from deploy.platform import free_ports  # noqa: F401 (re-exported for the tests)
 from spiral.common.v1 import chat_pb2
 from spiral.traffic.v1.traffic_pb2 import TrafficExchange
+from spiral_common.auth import Credentials, bearer
 from spiral_common.enums import Tier, Track
 from spiral_common.grpc_service import error_info
 from spiral_common.protoconv import FINISH_TO_PROTO
@@ -77,3 +78,31 @@ def logged_exchange(
         ts_ms=ts_ms,
         pattern_id=pattern_id,
     )
+
+
+# The credentials the in-process services of the tests accept on their state-changing methods.
+TEST_CREDENTIALS = Credentials(admin_token="test-admin-token", service_token="test-service-token")
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = bearer(token)
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = (*tuple(details.metadata or ()), *self.metadata)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._with_token(details), request)
+
+
+def authorized_channel(address: str, token: str = TEST_CREDENTIALS.admin_token) -> grpc.aio.Channel:
+    """An aio channel whose every call presents `token`."""
+    return grpc.aio.insecure_channel(address, interceptors=[_Bearer(token)])

@@ -14,6 +14,7 @@ import sys
 import grpc
 
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common.auth import bearer, operator_token
 from spiral_common.config import ConfigError, load_settings
 
 STAGE_NAMES = {v: k.removeprefix("JOB_STAGE_").lower() for k, v in trainer_pb2.JobStage.items()}
@@ -57,17 +58,21 @@ def outcome(job: trainer_pb2.Job) -> str:
     return "\n".join(lines)
 
 
-async def run(address: str, time_budget_s: int, cancel: str) -> int:
+async def run(address: str, time_budget_s: int, cancel: str, token: str = "") -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        operator = bearer(token)  # submitting and cancelling change state: the operator's token
         try:
             if cancel:
-                job = (await stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=cancel), timeout=10)).job
+                job = (
+                    await stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=cancel), timeout=10, metadata=operator)
+                ).job
                 print(describe(job))
                 return 0
             submitted = await stub.SubmitJob(
                 trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL, time_budget_s=time_budget_s),
                 timeout=10,
+                metadata=operator,
             )
         except grpc.aio.AioRpcError as exc:
             print(f"evolution-once: the trainer at {address} answered {exc.code().name}: {exc.details()}"
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolution-once: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(settings.envoy.envoy_addr, args.time_budget_s, args.cancel))
+        return asyncio.run(run(settings.envoy.envoy_addr, args.time_budget_s, args.cancel, operator_token(settings)))
     except KeyboardInterrupt:
         return 130
 

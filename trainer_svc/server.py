@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from spiral_common.adapters import AdapterRegistry
+from spiral_common.auth import Credentials, bearer
 from spiral_common.budget import BudgetLedger
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
@@ -45,6 +46,8 @@ class TrainerDeps:
     run_worker: bool = True
     run_scheduler: bool = True
     push_metrics: bool = True
+    # SubmitJob and CancelJob need one of these tokens; the service token also goes with its calls to the miner.
+    credentials: Credentials | None = None
 
 
 @dataclass
@@ -72,8 +75,8 @@ class Trainer:
                 await self._worker_task
 
 
-def mine_runner(address: str):  # type: ignore[no-untyped-def]
-    """A mining job asks the miner service to mine now (the miner owns the patterns)."""
+def mine_runner(address: str, service_token: str = ""):  # type: ignore[no-untyped-def]
+    """A mining job asks the miner service to mine now (the miner owns the patterns), as a service."""
     import grpc
 
     async def run(job: Job, progress: Any) -> dict[str, Any]:
@@ -81,7 +84,9 @@ def mine_runner(address: str):  # type: ignore[no-untyped-def]
             raise RuntimeError("no miner address is configured")
         await progress(stage="dataset")
         async with grpc.aio.insecure_channel(address) as channel:
-            reply = await miner_pb2_grpc.MinerServiceStub(channel).Mine(miner_pb2.MineRequest(), timeout=3600)
+            reply = await miner_pb2_grpc.MinerServiceStub(channel).Mine(
+                miner_pb2.MineRequest(), timeout=3600, metadata=bearer(service_token)
+            )
         return {
             "prompts_read": reply.prompts_read,
             "clusters": reply.clusters,
@@ -96,6 +101,7 @@ def mine_runner(address: str):  # type: ignore[no-untyped-def]
 
 def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = None) -> Trainer:
     registry = service_registry()
+    credentials = deps.credentials or Credentials.from_secrets()
     queue = JobQueue(
         deps.redis,
         prefix=settings.redis.redis_prefix,
@@ -132,7 +138,7 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
     if deps.run_worker:
         worker = Worker(
             queue,
-            {"distill": distill.run, "mine": mine_runner(deps.miner_address)},
+            {"distill": distill.run, "mine": mine_runner(deps.miner_address, credentials.service_token)},
             heartbeat_s=settings.trainer.trainer_heartbeat_s,
             metrics=WorkerMetrics(registry),
             on_finished=push,
@@ -146,5 +152,7 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         registry=registry,
+        protected=[f"/{SERVICE_NAME}/SubmitJob", f"/{SERVICE_NAME}/CancelJob"],
+        credentials=credentials,
     )
     return Trainer(runtime, queue, worker, scheduler)

@@ -216,7 +216,10 @@ def _start_platform(ctx: GateContext, stack: ExitStack, extra_env: dict[str, str
     (run / "providers.json").write_text(json.dumps(providers_json(cloud)))
     secrets = run / "secrets.env"
     secrets.touch(mode=0o600)
-    secrets.write_text(f"SPIRAL_ADMIN_TOKEN=gate-{os.urandom(8).hex()}\nFAKE_CLOUD_KEY=local-fake\n")
+    secrets.write_text(
+        f"SPIRAL_ADMIN_TOKEN=gate-{os.urandom(8).hex()}\nSPIRAL_SERVICE_TOKEN=gate-service-{os.urandom(8).hex()}\n"
+        "FAKE_CLOUD_KEY=local-fake\n"
+    )
     env = {
         "SPIRAL_PROFILE": "quick_test",
         "SPIRAL_RUN_DIR": str(run),

@@ -22,7 +22,7 @@ from spiral_common.config import load_settings
 from spiral_common.enums import BOTH_TRACKS, Track
 from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from spiral_common.model_files import file_sha256
-from tests.helpers import reason_of
+from tests.helpers import TEST_CREDENTIALS, authorized_channel, reason_of
 
 
 def _fake_adapter(path, base_sha256: str) -> None:
@@ -69,11 +69,13 @@ async def head(engine, model_path, taught_adapter, tmp_path):
     registry = AdapterRegistry(tmp_path / "adapters", file_sha256(model_path))
     registry.publish(taught_adapter[1], "v1")
     pool = build_pool(settings, registry)
-    runtime = create_server(settings, pool, head_pb2.BaseModel(sha256=registry.base_model_sha256), port=0)
+    runtime = create_server(
+        settings, pool, head_pb2.BaseModel(sha256=registry.base_model_sha256), port=0, credentials=TEST_CREDENTIALS
+    )
     await runtime.start()
     await pool.load(lambda: engine)
     await runtime.set_serving(True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+    channel = authorized_channel(f"127.0.0.1:{runtime.port}", TEST_CREDENTIALS.service_token)
     yield head_pb2_grpc.HeadServiceStub(channel), pool
     await pool.load_adapter("none", [], tracks=BOTH_TRACKS)  # the session's engine goes back to the base model
     await channel.close()
@@ -192,3 +194,30 @@ async def test_a_restarted_head_serves_again_what_each_track_served(engine, mode
     assert {after.adapter_version(h, Track.CANARY) for h in heads} == {"v1"}
     assert {after.adapter_version(h, Track.MAIN) for h in heads} == {""}
     await after.load_adapter("none", [], tracks=BOTH_TRACKS)
+
+
+async def test_load_adapter_needs_a_token_and_switches_nothing_without_one(
+    engine, model_path, taught_adapter, tmp_path
+):
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test"})
+    registry = AdapterRegistry(tmp_path / "adapters", file_sha256(model_path))
+    registry.publish(taught_adapter[1], "v1")
+    pool = build_pool(settings, registry)
+    base = head_pb2.BaseModel(sha256=registry.base_model_sha256)
+    runtime = create_server(settings, pool, base, port=0, credentials=TEST_CREDENTIALS)
+    await runtime.start()
+    await pool.load(lambda: engine)
+    address = f"127.0.0.1:{runtime.port}"
+    try:
+        for token in ("", "wrong-token"):
+            async with authorized_channel(address, token) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await head_pb2_grpc.HeadServiceStub(channel).LoadAdapter(head_pb2.LoadAdapterRequest(version="v1"))
+            assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
+        assert {pool.adapter_version(h, t) for h in pool.heads for t in BOTH_TRACKS} == {""}  # nothing switched
+        async with authorized_channel(address, TEST_CREDENTIALS.admin_token) as channel:  # an operator may
+            stub = head_pb2_grpc.HeadServiceStub(channel)
+            assert (await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="v1"))).version == "v1"
+            await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="none"))
+    finally:
+        await runtime.server.stop(None)

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common.auth import bearer, operator_token
 from spiral_common.config import settings_env
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange, wait_until
@@ -80,7 +81,8 @@ def test_a_trainer_killed_mid_job_is_restarted_and_the_job_ends_once(platform, t
     address = platform.settings.envoy.envoy_addr
     with grpc.insecure_channel(address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL)).job
+        operator = bearer(operator_token(platform.settings))
+        job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL), metadata=operator).job
 
         def training() -> bool:
             current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id)).job
@@ -111,7 +113,8 @@ def test_a_mining_job_runs_the_miner(platform, taught_traffic):
 
     with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
-        job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE)).job
+        operator = bearer(operator_token(platform.settings))
+        job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE), metadata=operator).job
 
         def finished() -> trainer_pb2.Job | None:
             current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=5).job

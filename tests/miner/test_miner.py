@@ -22,7 +22,7 @@ from spiral_common.embedding import SentenceEncoder
 from spiral_common.enums import Tier
 from spiral_common.pattern_set import PatternIndex, PatternSet, PatternStore, is_negated
 from spiral_common.traffic import TrafficLog
-from tests.helpers import logged_exchange, reason_of, wait_until_async
+from tests.helpers import TEST_CREDENTIALS, authorized_channel, logged_exchange, reason_of, wait_until_async
 from tests.router.test_router_service import ask, cloud, make_router, providers_file  # noqa: F401, F811
 
 CARD = "Your new card arrives within 5 working days of ordering it."
@@ -102,9 +102,11 @@ async def miner(redis_client, prefix, encoder, tmp_path):
             "SPIRAL_PATTERN_MAX_ERROR": MAX_ERROR,
         }
     )
-    runtime = create_server(settings, MinerDeps(redis=redis_client, encoder=encoder), port=0)
+    runtime = create_server(
+        settings, MinerDeps(redis=redis_client, encoder=encoder), port=0, credentials=TEST_CREDENTIALS
+    )
     await runtime.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}")
+    channel = authorized_channel(f"127.0.0.1:{runtime.port}", TEST_CREDENTIALS.service_token)
     yield miner_pb2_grpc.MinerServiceStub(channel)
     await channel.close()
     await runtime.server.stop(None)

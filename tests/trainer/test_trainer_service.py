@@ -12,7 +12,7 @@ import pytest
 
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from spiral_common.config import ConfigError, load_settings
-from tests.helpers import reason_of
+from tests.helpers import TEST_CREDENTIALS, authorized_channel, reason_of
 from trainer_svc.scheduler import build_scheduler, distill_trigger
 from trainer_svc.server import TrainerDeps, create_trainer
 
@@ -34,11 +34,16 @@ async def trainer(redis_client, prefix, tmp_path, model_path, taught_adapter):
     (settings.adapters_path / "taught.gguf").write_bytes(taught_adapter[1].read_bytes())
     (settings.adapters_path / "junk.gguf").write_bytes(b"not a gguf")
     deps = TrainerDeps(
-        redis=redis_client, publisher=NoPublisher(), model_path=model_path, run_worker=False, run_scheduler=False
+        redis=redis_client,
+        publisher=NoPublisher(),
+        model_path=model_path,
+        run_worker=False,
+        run_scheduler=False,
+        credentials=TEST_CREDENTIALS,
     )
     app = create_trainer(settings, deps, port=0)
     await app.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.runtime.port}")
+    channel = authorized_channel(f"127.0.0.1:{app.runtime.port}")
     yield trainer_pb2_grpc.TrainerServiceStub(channel), app
     await channel.close()
     await app.stop()
@@ -121,3 +126,23 @@ async def test_the_scheduler_runs_distillation_nightly_and_mining_every_six_hour
     await enqueue("distill")
     queued = [j for j in await queue.list_recent() if j.kind == "distill"]
     assert len(queued) == 1 and queued[0].state == "queued"
+
+
+@pytest.mark.parametrize("token", ["", "not-the-token"])
+async def test_submit_and_cancel_need_a_token_and_change_nothing_without_one(trainer, token):
+    _, app = trainer
+    address = f"127.0.0.1:{app.runtime.port}"
+    async with authorized_channel(address, token) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        for call in (
+            stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL)),
+            stub.CancelJob(trainer_pb2.CancelJobRequest(job_id="any")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert reason_of(caught.value)[:2] == (grpc.StatusCode.UNAUTHENTICATED, "BAD_CREDENTIALS")
+        assert (await stub.ListAdapters(trainer_pb2.ListAdaptersRequest())).adapters  # reading needs nothing
+    assert await app.queue.redis.xlen(app.queue.stream) == 0  # no job was submitted
+    async with authorized_channel(address, TEST_CREDENTIALS.service_token) as channel:  # a service may
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        assert (await stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE))).job.job_id
