@@ -6,6 +6,8 @@ import httpx
 import openai
 import pytest
 
+from spiral_common.auth import operator_token
+
 pytestmark = pytest.mark.integration
 
 HELLO = [{"role": "user", "content": "What is the capital of France?"}]
@@ -128,7 +130,7 @@ def test_vote_shows_every_candidate(gateway_url):
 
 def test_admin_budget_needs_the_token(platform, gateway_url):
     assert httpx.get(f"{gateway_url}/admin/budget").status_code == 401
-    token = (platform.run / "secrets.env").read_text().split("SPIRAL_ADMIN_TOKEN=")[1].strip()
+    token = operator_token(platform.settings)
     budget = httpx.get(f"{gateway_url}/admin/budget", headers={"authorization": f"Bearer {token}"}).json()
     # The trainer's jobs (test_evolution) pay from the same pool: spend is whatever the session has used.
     assert budget["pool_usd_micros"] == "100000" and 0 <= int(budget["spent_usd_micros"]) <= 100000
