@@ -173,3 +173,24 @@ def test_the_cache_keeps_the_most_recently_used_prompts():
 
 def test_the_cache_key_is_the_text_as_the_tokenizer_splits_it():
     assert cache_key("  Where is\tmy card?\n") == "Where is my card?"
+
+
+async def test_the_pattern_tier_misses_instead_of_failing_when_the_batcher_refuses():
+    from router_svc.mined import PatternMatcher
+    from router_svc.patterns import RegexPatterns
+
+    class OneMatchIndex:
+        def __len__(self) -> int:
+            return 1
+
+        def match(self, vector, negated):
+            return None
+
+    matcher = PatternMatcher(RegexPatterns(), store=None, encoder_factory=FakeEncoder, reload_interval_s=3600)  # type: ignore[arg-type]
+    matcher._checked_at = float("inf")  # no version check: no store here
+    matcher.index = OneMatchIndex()  # type: ignore[assignment]
+    matcher.batcher = EmbeddingBatcher(FakeEncoder(), window_s=0.0)
+    assert await matcher.match("where is my card?") is None  # embedded and matched: nothing close
+    await matcher.close()
+    assert await matcher.match("where is my new card?") is None  # closed: a miss, not an error
+    assert (await matcher.match("what is 2 + 2?")).text == "2 + 2 = 4"  # the regexes need no encoder
