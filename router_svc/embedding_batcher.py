@@ -2,11 +2,14 @@
 cache of recent prompts' embeddings.
 
 A request puts its prompt on a bounded queue and waits. One worker, started when the queue gets work and gone
-when it is empty, takes every prompt that arrived within `window_s` of the oldest waiting one (at most
-`max_batch`), embeds them in ONE encoder call on a thread of its own (never on the event loop), and hands each
-waiter its vector. A prompt that waited for the previous batch to finish has already waited its window, so it
-goes at once. On this 2-core box an int8 MiniLM call for 8 short prompts costs about as much as 4-5 calls for
-one (docs/benchmarks.md), and one call at a time leaves the other core to the gateway, Envoy and the router.
+when it is empty, waits for one of `encoder_threads` encoder threads to be free, takes the prompts waiting then
+(those that arrived within `window_s` of the oldest, at most `max_batch`), embeds them in ONE encoder call on
+that thread (never on the event loop), and hands each waiter its vector. Prompts that arrive while every thread
+is busy queue up and go together in the next call; a prompt that waited that long has waited its window.
+Measured on this 2-core box (docs/benchmarks.md): the encoder is compute-bound, so batching saves little per
+prompt (padding to the longest prompt eats most of it); two threads at once are what keeps up with per-request
+threads, a window costs its length at one client, so the defaults are 2 threads and no window. What the batcher
+adds is a bound (at most `encoder_threads` encoder calls, never one thread per waiting request) and the cache.
 
 A waiter that goes away (its request was cancelled) is dropped from its batch, or its vector thrown away; an
 encoder error reaches every waiter of that batch; a full queue or a closed batcher is `EncoderUnavailable`,
@@ -89,9 +92,10 @@ class EmbeddingBatcher:
         self,
         encoder: BatchEncoder,
         *,
-        window_s: float = 0.002,
+        window_s: float = 0.0,
         max_batch: int = 8,
         max_queue: int = 1024,
+        encoder_threads: int = 2,
         cache_entries: int = 4096,
         observer: EmbeddingObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -106,8 +110,11 @@ class EmbeddingBatcher:
         self._queue: list[_Waiter] = []
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        # One thread: one encoder call at a time, whatever the event loop's default pool does.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pattern-encoder")
+        # At most `encoder_threads` encoder calls at once, each on a thread of this pool (not the loop's default
+        # pool, which other work shares); prompts wait in the queue, and batch up, while every thread is busy.
+        self._threads = ThreadPoolExecutor(max_workers=encoder_threads, thread_name_prefix="pattern-encoder")
+        self._free_threads = asyncio.Semaphore(encoder_threads)
+        self._calls: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def embed(self, text: str) -> np.ndarray:
@@ -133,25 +140,35 @@ class EmbeddingBatcher:
     async def close(self) -> None:
         """Stop: the batch being embedded and every queued prompt fail with EncoderUnavailable."""
         self._closed = True
-        worker = self._worker
-        if worker is not None and not worker.done():
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+        running = [t for t in (self._worker, *self._calls) if t is not None and not t.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         self._fail(self._queue, EncoderUnavailable("closed"))
         self._queue = []
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         """Batches until the queue is empty, then ends (the next prompt starts a new worker)."""
         while self._queue:
-            batch = await self._collect()
-            try:
-                await self._embed_batch(batch)
-            except asyncio.CancelledError:
-                self._fail(batch, EncoderUnavailable("closed"))
-                raise
-            except Exception as exc:  # the encoder failed: every waiter of the batch hears it
-                self._fail(batch, exc)
+            await self._free_threads.acquire()
+            if not self._queue:
+                self._free_threads.release()
+                break
+            call = asyncio.create_task(self._call(await self._collect()))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[_Waiter]) -> None:
+        try:
+            await self._embed_batch(batch)
+        except asyncio.CancelledError:
+            self._fail(batch, EncoderUnavailable("closed"))
+            raise
+        except Exception as exc:  # the encoder failed: every waiter of the batch hears it
+            self._fail(batch, exc)
+        finally:
+            self._free_threads.release()
 
     async def _collect(self) -> list[_Waiter]:
         """The waiting prompts, once the oldest has waited `window_s` or `max_batch` are waiting."""
@@ -173,7 +190,7 @@ class EmbeddingBatcher:
         if not texts:
             return
         started = time.perf_counter()
-        vectors = await asyncio.get_running_loop().run_in_executor(self._thread, self.encoder.embed, texts)
+        vectors = await asyncio.get_running_loop().run_in_executor(self._threads, self.encoder.embed, texts)
         if self.observer is not None:
             self.observer.embedding_batch(len(texts), time.perf_counter() - started)
         by_key = {key: np.array(vector) for key, vector in zip(texts, vectors, strict=True)}  # rows, not views

@@ -91,6 +91,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
             encoder,
             window_s=settings.router.pattern_batch_window_ms / 1000,
             max_batch=settings.router.pattern_batch_max,
+            encoder_threads=settings.router.pattern_encoder_threads,
             cache_entries=settings.router.pattern_embedding_cache_size,
             observer=metrics,
         ),

@@ -69,7 +69,7 @@ async def test_a_batch_holds_at_most_max_batch_prompts():
 
 async def test_prompts_queued_while_the_encoder_is_busy_go_together_without_waiting_a_window():
     encoder = FakeEncoder()
-    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=8)
+    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=8, encoder_threads=1)
     encoder.gate.clear()
     first = asyncio.create_task(batcher.embed("first"))
     await asyncio.sleep(0.05)  # the encoder now holds "first"
@@ -78,6 +78,22 @@ async def test_prompts_queued_while_the_encoder_is_busy_go_together_without_wait
     encoder.gate.set()
     await asyncio.gather(first, *rest)
     assert encoder.calls == [["first"], ["x", "yy", "zzz"]]
+    await batcher.close()
+
+
+async def test_with_two_encoder_threads_a_second_call_runs_while_the_first_is_busy():
+    encoder = FakeEncoder()
+    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=8, encoder_threads=2)
+    encoder.gate.clear()
+    first = asyncio.create_task(batcher.embed("first"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.embed("second"))
+    third = asyncio.create_task(batcher.embed("third"))  # arrived with "second": they share the second thread
+    await asyncio.sleep(0.05)
+    assert encoder.threads == {"pattern-encoder_0", "pattern-encoder_1"}
+    encoder.gate.set()
+    await asyncio.gather(first, second, third)
+    assert sorted(map(tuple, encoder.calls)) == [("first",), ("second", "third")]
     await batcher.close()
 
 
@@ -116,7 +132,7 @@ async def test_an_encoder_error_reaches_every_waiter_of_the_batch_and_the_next_b
 
 async def test_close_fails_the_waiters_and_refuses_new_prompts():
     encoder = FakeEncoder()
-    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=1)
+    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=1, encoder_threads=1)
     encoder.gate.clear()
     waiting = [asyncio.create_task(batcher.embed(p)) for p in ("in the encoder", "queued")]
     await asyncio.sleep(0.05)
@@ -131,7 +147,7 @@ async def test_close_fails_the_waiters_and_refuses_new_prompts():
 
 async def test_a_full_queue_refuses_instead_of_growing():
     encoder, seen = FakeEncoder(), Recorder()
-    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=1, max_queue=2, observer=seen)
+    batcher = EmbeddingBatcher(encoder, window_s=0.0, max_batch=1, max_queue=2, encoder_threads=1, observer=seen)
     encoder.gate.clear()
     first = asyncio.create_task(batcher.embed("running"))
     await asyncio.sleep(0.05)  # out of the queue, in the encoder
