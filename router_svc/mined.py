@@ -4,8 +4,11 @@ Regexes answer what they answer exactly (arithmetic, dates, greetings) and go fi
 embedded and matched against the current pattern set (see spiral_common.pattern_set). The tier checks the
 published version at most every `reload_interval_s`, on the request path (one Redis GET); a new version is
 loaded by a background task while requests go on with the old one. The encoder (~25 MB, ~0.3 s) loads only
-once a set with live patterns appears, so a router with no mined patterns pays nothing. Embedding runs in a
-worker thread: ONNX Runtime releases the GIL, so the event loop keeps serving other requests meanwhile.
+once a set with live patterns appears, so a router with no mined patterns pays nothing. Embedding goes through
+an `EmbeddingBatcher` (router_svc/embedding_batcher.py): a bounded number of encoder calls on threads of their
+own (ONNX Runtime releases the GIL), prompts that arrive while they are busy sharing the next call, and a cache
+of recent prompts' embeddings; the match (a few small matrix products) runs in a worker thread too, so the
+event loop keeps serving other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -60,8 +63,8 @@ class PatternMatcher:
             return None
         try:
             vector = await batcher.embed(prompt)
-        except EncoderUnavailable as exc:  # overloaded or stopping: a miss, the cascade goes on
-            log.warning("pattern tier skipped: %s", exc)
+        except EncoderUnavailable as exc:  # overloaded or stopping: a miss, the cascade goes on (and it is counted)
+            log.debug("pattern tier skipped: %s", exc)
             return None
         found = await asyncio.to_thread(index.match, vector, is_negated(prompt))
         if found is None:
