@@ -208,6 +208,8 @@ def pattern_rest_load(
     match = re.search(r"RESULT" + r" ([\d.]+)" * 11, result.stdout)
     assert match, result.stdout + result.stderr
     values = [float(match[i]) for i in range(1, 12)]
+    if not values[0]:
+        return {"skipped": f"no answer within {duration_s:.0f} s: {result.stdout[-300:]}"}
     rate = re.search(r"Requests/sec:\s+([\d.]+)", result.stdout)
     assert rate, result.stdout
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
@@ -218,7 +220,7 @@ def pattern_rest_load(
     return {
         "requests": int(values[0]),
         "errors": int(values[1] + values[2]),
-        "requests_per_s": connections * 1e3 / values[10] if once else float(rate[1]),
+        "requests_per_s": connections * 1e3 / values[10] if once and values[10] else float(rate[1]),
         "p50_ms": values[3],
         "p95_ms": values[4],
         "p99_ms": values[5],
