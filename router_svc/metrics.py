@@ -98,6 +98,41 @@ class RouterMetrics:
             registry=registry,
         )
 
+        self.embedding_batch_size = Histogram(
+            "spiral_pattern_embedding_batch_size",
+            "Prompts per encoder call of the pattern tier (distinct prompts that arrived together).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=registry,
+        )
+        self.encoder_latency = Histogram(
+            "spiral_pattern_encoder_duration_seconds",
+            "Time of one encoder call of the pattern tier (a whole batch), seconds.",
+            buckets=TIER_BUCKETS,
+            registry=registry,
+        )
+        self.embedding_cache_lookups = Counter(
+            "spiral_pattern_embedding_cache_lookups_total",
+            "Lookups of a prompt's embedding in the pattern tier's cache of recent prompts, by result (hit, miss).",
+            ["result"],
+            registry=registry,
+        )
+        self.embedding_refusals = Counter(
+            "spiral_pattern_embeddings_refused_total",
+            "Prompts the pattern tier did not embed because its queue was full or it was stopping (a miss).",
+            registry=registry,
+        )
+
+    # The embedding batcher's observer (router_svc.embedding_batcher.EmbeddingObserver).
+    def embedding_batch(self, size: int, seconds: float) -> None:
+        self.embedding_batch_size.observe(size)
+        self.encoder_latency.observe(seconds)
+
+    def embedding_cache(self, hit: bool) -> None:
+        self.embedding_cache_lookups.labels("hit" if hit else "miss").inc()
+
+    def embedding_refused(self) -> None:
+        self.embedding_refusals.inc()
+
     def pattern_set_loaded(self, patterns: PatternSet) -> None:
         calibration = patterns.calibration
         self.pattern_set_version.set(patterns.version)

@@ -4,8 +4,11 @@ Regexes answer what they answer exactly (arithmetic, dates, greetings) and go fi
 embedded and matched against the current pattern set (see spiral_common.pattern_set). The tier checks the
 published version at most every `reload_interval_s`, on the request path (one Redis GET); a new version is
 loaded by a background task while requests go on with the old one. The encoder (~25 MB, ~0.3 s) loads only
-once a set with live patterns appears, so a router with no mined patterns pays nothing. Embedding runs in a
-worker thread: ONNX Runtime releases the GIL, so the event loop keeps serving other requests meanwhile.
+once a set with live patterns appears, so a router with no mined patterns pays nothing. Embedding goes through
+an `EmbeddingBatcher` (router_svc/embedding_batcher.py): a bounded number of encoder calls on threads of their
+own (ONNX Runtime releases the GIL), prompts that arrive while they are busy sharing the next call, and a cache
+of recent prompts' embeddings; the match (a few small matrix products) runs in a worker thread too, so the
+event loop keeps serving other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -14,18 +17,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-import numpy as np
-
+from router_svc.embedding_batcher import BatchEncoder, EmbeddingBatcher, EncoderUnavailable
 from router_svc.patterns import PatternAnswer, RegexPatterns
-from spiral_common.pattern_set import Match, PatternIndex, PatternSet, PatternStore, is_negated
+from spiral_common.pattern_set import PatternIndex, PatternSet, PatternStore, is_negated
 
 log = logging.getLogger(__name__)
-
-
-class Embedder(Protocol):
-    def embed_one(self, text: str) -> np.ndarray: ...
 
 
 class PatternMatcher:
@@ -36,8 +33,9 @@ class PatternMatcher:
         self,
         regex: RegexPatterns,
         store: PatternStore,
-        encoder_factory: Callable[[], Embedder],
+        encoder_factory: Callable[[], BatchEncoder],
         *,
+        batcher_factory: Callable[[BatchEncoder], EmbeddingBatcher] = EmbeddingBatcher,
         reload_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_load: Callable[[PatternSet], None] | None = None,
@@ -45,10 +43,11 @@ class PatternMatcher:
         self.regex = regex
         self.store = store
         self.encoder_factory = encoder_factory
+        self.batcher_factory = batcher_factory
         self.reload_interval_s = reload_interval_s
         self.clock = clock
         self.on_load = on_load  # told of every set loaded (the metrics publish its calibration numbers)
-        self.encoder: Embedder | None = None
+        self.batcher: EmbeddingBatcher | None = None
         self.index: PatternIndex | None = None
         self.version = 0
         self._checked_at = float("-inf")
@@ -59,20 +58,21 @@ class PatternMatcher:
         if exact is not None:
             return exact
         await self._check_version()
-        index, encoder = self.index, self.encoder
-        if index is None or not len(index) or encoder is None:
+        index, batcher = self.index, self.batcher
+        if index is None or not len(index) or batcher is None:
             return None
-        found = await asyncio.to_thread(self._match, index, encoder, prompt)
+        try:
+            vector = await batcher.embed(prompt)
+        except EncoderUnavailable as exc:  # overloaded or stopping: a miss, the cascade goes on (and it is counted)
+            log.debug("pattern tier skipped: %s", exc)
+            return None
+        found = await asyncio.to_thread(index.match, vector, is_negated(prompt))
         if found is None:
             return None
         pattern = found.pattern
         return PatternAnswer(
             f"mined:{pattern.pattern_id}", pattern.answer, found.confidence, pattern_id=pattern.pattern_id
         )
-
-    @staticmethod
-    def _match(index: PatternIndex, encoder: Embedder, prompt: str) -> Match | None:
-        return index.match(encoder.embed_one(prompt), is_negated(prompt))
 
     async def _check_version(self) -> None:
         now = self.clock()
@@ -90,8 +90,8 @@ class PatternMatcher:
     async def _load(self, version: int) -> None:
         try:
             patterns = await self.store.load(version)
-            if patterns.active() and self.encoder is None:
-                self.encoder = await asyncio.to_thread(self.encoder_factory)
+            if patterns.active() and self.batcher is None:
+                self.batcher = self.batcher_factory(await asyncio.to_thread(self.encoder_factory))
             self.index = await asyncio.to_thread(PatternIndex, patterns)
             self.version = version
             if self.on_load is not None:
@@ -108,6 +108,11 @@ class PatternMatcher:
             )
         except Exception:
             log.exception("pattern set load failed", extra={"version": version})
+
+    async def close(self) -> None:
+        """Stop the batcher (prompts still waiting for an embedding get none: the tier misses)."""
+        if self.batcher is not None:
+            await self.batcher.close()
 
     async def wait_loaded(self) -> None:
         """For tests and start-up: check the version now and wait for any load it starts."""

@@ -12,9 +12,10 @@ from router_svc.cache import AdapterVersions, AnswerCache
 from router_svc.cascade import Cascade
 from router_svc.cloud import CloudFallback, ProviderClient
 from router_svc.council import Council
+from router_svc.embedding_batcher import BatchEncoder, EmbeddingBatcher
 from router_svc.heads_client import HeadClient
 from router_svc.metrics import RouterMetrics
-from router_svc.mined import Embedder, PatternMatcher
+from router_svc.mined import PatternMatcher
 from router_svc.patterns import RegexPatterns
 from router_svc.servicer import AdminServicer, RouterServicer
 from router_svc.tiers.base import CascadeTier
@@ -48,10 +49,10 @@ class RouterDeps:
     admin_token: str = ""
     clock: Callable[[], datetime] = field(default=utc_now)
     # Builds the sentence encoder for mined patterns (called once, when the first live pattern set appears).
-    encoder_factory: Callable[[], Embedder] | None = None
+    encoder_factory: Callable[[], BatchEncoder] | None = None
 
 
-def default_encoder() -> Embedder:
+def default_encoder() -> BatchEncoder:
     from spiral_common.embedding import SentenceEncoder  # onnxruntime: imported only when patterns exist
 
     return SentenceEncoder(threads=1)
@@ -86,6 +87,14 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         RegexPatterns(deps.clock),
         PatternStore(deps.redis, prefix=settings.redis.redis_prefix),
         deps.encoder_factory or default_encoder,
+        batcher_factory=lambda encoder: EmbeddingBatcher(
+            encoder,
+            window_s=settings.router.pattern_batch_window_ms / 1000,
+            max_batch=settings.router.pattern_batch_max,
+            encoder_threads=settings.router.pattern_encoder_threads,
+            cache_entries=settings.router.pattern_embedding_cache_size,
+            observer=metrics,
+        ),
         reload_interval_s=settings.router.pattern_reload_interval_s,
         on_load=metrics.pattern_set_loaded,
     )

@@ -197,6 +197,15 @@ class RouterSettings:
     pattern_max_error: float = 0.02
     # Pattern tier: how often a router checks Redis for a newly mined pattern set, seconds.
     pattern_reload_interval_s: float = field(default=5.0, metadata={"min": 0.0})
+    # Pattern tier: a prompt waits at most this long for others to share its encoder call, milliseconds (0: no
+    # wait; prompts that queued while the encoder threads were busy still go together).
+    pattern_batch_window_ms: float = field(default=0.0, metadata={"min": 0.0, "max": 1000.0})
+    # Pattern tier: at most this many prompts per encoder call.
+    pattern_batch_max: int = field(default=8, metadata={"min": 1, "max": 256})
+    # Pattern tier: encoder calls that may run at once, each on one thread of its own.
+    pattern_encoder_threads: int = field(default=2, metadata={"min": 1, "max": 64})
+    # Pattern tier: embeddings of this many recent prompts are kept (LRU, about 1.6 KB each; 0: no cache).
+    pattern_embedding_cache_size: int = field(default=4096, metadata={"min": 0})
     # Council tier: the heads that vote (comma-separated names from the heads file; empty skips the tier).
     council_heads: str = "precise,concise,step_by_step,creative,code"
     # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.
