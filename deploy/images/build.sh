@@ -2,13 +2,22 @@
 # `make images [ROLES="gateway-router miner head trainer"] [GPU=1] [TAG=<version>] [TORCH_INDEX=<url>]`: builds the project's images
 # with podman, offline from any image registry. The two Debian bases (runtime, build) are made here with
 # mmdebstrap and imported into podman; the images then install their Python packages from PyPI (or the
-# mirror pip is configured with) during the build. Debian packages: podman buildah mmdebstrap runc.
+# mirror pip is configured with) during the build. Debian packages (podman, buildah, mmdebstrap, runc, ...) are installed when missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-for tool in podman mmdebstrap runc; do
-  command -v "$tool" >/dev/null || { echo "images: $tool is missing (apt-get install podman buildah mmdebstrap runc)" >&2; exit 1; }
+debs=(podman buildah mmdebstrap runc uidmap fuse-overlayfs slirp4netns)
+missing=()
+for pkg in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+if ((${#missing[@]})); then  # as scripts/bootstrap.sh does for the platform's own packages
+  echo "images: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 tag="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 roles="${ROLES:-gateway-router miner head trainer}"
