@@ -220,7 +220,7 @@ class CloudFallback:
         scope for `request_key` (the request id and the request's digest). Each provider tried is appended to
         `attempts`, whatever the outcome."""
         refusal: BudgetExceeded | None = None
-        scope = Scope(f"request:{request_key or uuid.uuid4().hex}", self.cap, subject="per_request_cap")
+        scope = Scope.for_request(request_key or uuid.uuid4().hex, self.cap)
         charged = 0  # by this request's earlier attempts here
         for provider in self.providers:
             started = time.perf_counter()

@@ -132,6 +132,16 @@ class Scope:
         if not self.name or "|" in self.name or not self.name.isprintable():
             raise ValueError(f"bad budget scope name {self.name!r}")
 
+    @classmethod
+    def for_request(cls, key: str, cap_usd_micros: int) -> Scope:
+        """One client request's cap (`key`: its id and digest); forgotten once its day is over."""
+        return cls(f"{REQUEST_SCOPE_PREFIX}{key}", cap_usd_micros, subject="per_request_cap")
+
+
+# Request scopes matter only while their request (and its retries) can still spend: a day's are dropped from its
+# totals once the day is over and none of its reservations is still open (the pool's numbers stay).
+REQUEST_SCOPE_PREFIX = "request:"
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -181,6 +191,7 @@ class BudgetLedger:
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._status = redis.register_script(_STATUS)
+        self._tidied_day = ""  # the last day whose previous day's request scopes were dropped
 
     def _keys(self, day: str) -> list[str]:
         base = f"{self.prefix}budget:{day}"
@@ -197,6 +208,9 @@ class BudgetLedger:
         refused (nothing is claimed then). The claim lapses after `ttl_s` (default: the ledger's) unless
         settled or released first; a lapsed claim is charged at its full amount."""
         day, now_ms = self._day()
+        if day != self._tidied_day:
+            await self._forget_request_scopes((self.clock() - timedelta(days=1)).strftime("%Y-%m-%d"))
+            self._tidied_day = day
         reservation = Reservation(uuid.uuid4().hex, day, amount_usd_micros)
         expires_ms = now_ms + int((self.reservation_ttl_s if ttl_s is None else ttl_s) * 1000)
         limits = [item for scope in scopes for item in (scope.name, scope.limit_usd_micros)]
@@ -221,6 +235,15 @@ class BudgetLedger:
                 scope=name,
             )
         return reservation
+
+    async def _forget_request_scopes(self, day: str) -> None:
+        """Drop a past day's request scopes (two fields per cloud request), unless a reservation is still open."""
+        totals, _, reservations = self._keys(day)
+        if await self.redis.hlen(reservations):
+            return
+        fields = [field async for field, _ in self.redis.hscan_iter(totals, match=f"{REQUEST_SCOPE_PREFIX}*")]
+        for start in range(0, len(fields), 500):
+            await self.redis.hdel(totals, *fields[start : start + 500])
 
     async def settle(self, reservation: Reservation, actual_usd_micros: int) -> int:
         """Turn a reservation into real spend (the reservation is dropped, the actual cost counted). Returns

@@ -131,3 +131,12 @@ async def test_spend_and_reservations_reset_at_midnight_utc(ledger, clock):
     assert (status.day, status.spent_usd_micros, status.reserved_usd_micros) == ("2026-11-26", 0, 0)
     assert status.resets_at == datetime(2026, 11, 27, tzinfo=UTC)
     await ledger.reserve(100_000, subject="cloud call")
+
+
+async def test_a_past_days_request_scopes_are_dropped_and_its_money_kept(ledger, clock, redis_client, prefix):
+    first = await ledger.reserve(1_000, subject="cloud call", scopes=[Scope.for_request("r1:abc", 20_000)])
+    await ledger.settle(first, 700)
+    clock.now += timedelta(minutes=1)  # 00:00 UTC: the next day's first reservation tidies the last one's
+    await ledger.reserve(1, subject="cloud call")
+    totals = await redis_client.hgetall(f"{prefix}budget:2026-11-25")
+    assert totals[b"spent"] == b"700" and not [f for f in totals if f.startswith(b"request:")]
