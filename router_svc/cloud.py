@@ -19,7 +19,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
-import httpx
 import openai
 
 from router_svc.deadline import NO_DEADLINE, time_left_s
@@ -56,8 +55,11 @@ class ProviderFailure(Exception):
 
 def reached_provider(exc: openai.APIError) -> bool:
     """Whether a failed call may have reached the provider (and be billed): only a connection that was never
-    made is known not to have."""
-    return not (isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, httpx.ConnectError))
+    made is known not to have. The openai client wraps its HTTP library's ConnectError (httpx's, or httpx2's in
+    the openai this project pins), so the cause is known by its class name, not by one library's class."""
+    if not isinstance(exc, openai.APIConnectionError) or exc.__cause__ is None:
+        return True
+    return not any(cls.__name__ == "ConnectError" for cls in type(exc.__cause__).__mro__)
 
 
 class ProviderClient(Protocol):

@@ -8,11 +8,19 @@ import httpx
 import openai
 import pytest
 
-from router_svc.cloud import CloudFallback, ProviderFailure, ProviderReply, prompt_token_bound, reached_provider
+from router_svc.cloud import (
+    CloudFallback,
+    OpenAICompatibleClient,
+    ProviderFailure,
+    ProviderReply,
+    prompt_token_bound,
+    reached_provider,
+)
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.errors import BudgetExceeded
 from spiral_common.specs import CloudProvider
+from tests.helpers import free_ports
 
 # $1 per million tokens in and out: a token costs one micro-dollar.
 PROVIDERS = [CloudProvider(name, "http://unused", name, "KEY", 1_000_000, 1_000_000) for name in ("first", "second")]
@@ -78,9 +86,13 @@ async def test_a_retry_of_the_same_request_on_another_router_shares_its_cap(ledg
     await router_b.answer(CHAT, [], request_key="r4:digest")  # another request has its own cap
 
 
-def test_only_a_connection_that_was_never_made_counts_as_not_reached():
+async def test_a_connection_refused_by_a_real_client_counts_as_never_reached():
+    """The real openai client against a port nobody listens on: its error says the request never left."""
+    (port,) = free_ports(1)
+    provider = CloudProvider("down", f"http://127.0.0.1:{port}/v1", "m", "KEY", 1_000_000, 1_000_000)
+    client = OpenAICompatibleClient({"down": "k"}, [provider], timeout_s=5, stall_timeout_s=5)
+    with pytest.raises(ProviderFailure) as caught:
+        await client.complete(provider, CHAT, 8)
+    assert not caught.value.reached
     request = httpx.Request("POST", "http://provider/v1/chat/completions")
-    refused = openai.APIConnectionError(request=request)
-    refused.__cause__ = httpx.ConnectError("connection refused")
-    timed_out = openai.APITimeoutError(request=request)
-    assert not reached_provider(refused) and reached_provider(timed_out)
+    assert reached_provider(openai.APITimeoutError(request=request))  # a timeout may have been billed
