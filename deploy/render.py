@@ -251,16 +251,31 @@ def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = Non
     return path
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (alertmanager.yml holds the receivers' keys; the rest say how to
+    reach and drive the platform)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file from before, made with wider rights
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def render_all(settings: Settings, python: str = sys.executable) -> Path:
-    """Write envoy.yaml and supervisord.conf into the run directory; return the directory."""
+    """Write envoy.yaml and supervisord.conf into the run directory; return the directory. The run directory
+    and what is in it are its owner's alone (0700 directories, 0600 files; supervisord starts every service
+    with umask 077, so Redis's data and every log are made so too)."""
     run = settings.run_path
-    for sub in ("logs", "redis"):
-        (run / sub).mkdir(parents=True, exist_ok=True)
+    for directory in (run, run / "logs", run / "redis"):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)
     secrets_file = ensure_secrets_file(settings)
-    (run / "envoy.yaml").write_text(render_envoy(settings))
-    (run / "prometheus.yml").write_text(render_prometheus(settings))
-    (run / "alertmanager.yml").write_text(render_alertmanager(settings, {"SPIRAL_ENV_FILE": str(secrets_file)}))
-    (run / "supervisord.conf").write_text(render_supervisord(settings, python, secrets_file))
+    _write_private(run / "envoy.yaml", render_envoy(settings))
+    _write_private(run / "prometheus.yml", render_prometheus(settings))
+    _write_private(run / "alertmanager.yml", render_alertmanager(settings, {"SPIRAL_ENV_FILE": str(secrets_file)}))
+    _write_private(run / "supervisord.conf", render_supervisord(settings, python, secrets_file))
+    # supervisord opens its own log before it applies the umask: made here, private, for it to append to.
+    os.close(os.open(run / "logs" / "supervisord.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    (run / "logs" / "supervisord.log").chmod(0o600)
     return run
 
 

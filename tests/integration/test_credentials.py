@@ -89,3 +89,13 @@ def test_with_the_right_token_the_calls_go_through(platform):
             with pytest.raises(grpc.RpcError) as caught:
                 calls["trainer CancelJob"]()
             assert reason_of(caught.value)[0] == grpc.StatusCode.NOT_FOUND  # past the door: the job is unknown
+
+
+def test_the_running_platforms_files_are_its_owners_alone(platform):
+    """Redis's data, the logs, the rendered configs (alertmanager.yml holds the receivers' keys), the secrets."""
+    shared = [
+        f"{path} {path.stat().st_mode & 0o777:o}"
+        for path in [platform.run, *platform.run.rglob("*")]
+        if not path.is_symlink() and not path.is_socket() and path.stat().st_mode & 0o077
+    ]
+    assert shared == []

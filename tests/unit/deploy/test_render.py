@@ -153,3 +153,16 @@ def test_the_watchdog_runs_unless_its_interval_is_zero():
         load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_LIVENESS_INTERVAL_S": "0"}), sys.executable
     )
     assert "[program:watchdog]" not in off
+
+
+def test_the_run_directory_and_its_files_are_the_owners_alone(tmp_path):
+    from deploy.render import render_all
+
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path / "run")})
+    (tmp_path / "run").mkdir(mode=0o755)
+    (tmp_path / "run" / "envoy.yaml").write_text("old")
+    (tmp_path / "run" / "envoy.yaml").chmod(0o644)  # from before: made private too
+    run = render_all(settings)
+    for path in [run, *run.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    assert "umask=077" in (run / "supervisord.conf").read_text()
