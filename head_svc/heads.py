@@ -216,12 +216,16 @@ class HeadPool:
         engine = self._engine
         if not any(m.role == "system" for m in request.messages):
             request = _with_system_prompt(request, spec.system_prompt)
-        # Known before generation: a prompt that cannot fit is refused here, counted in tokens off the event
-        # loop and off the generation thread, without waiting in the queue behind other generations.
-        tokens = await asyncio.to_thread(engine.prompt_tokens, request)
-        check_fits(len(tokens), request.max_tokens, engine.context_tokens)
-        if self.active >= self.max_concurrent:  # again: other calls came in while this one was counted
-            raise HeadBusy(f"{self.active} generations in flight, the cap is {self.max_concurrent}", retry_after_ms=500)
+        # The call counts against the cap from here, so that a burst cannot pile up token counts beyond it.
+        self.active += 1
+        try:
+            # Known before generation: a prompt that cannot fit is refused here, counted in tokens off the event
+            # loop and off the generation thread, without waiting in the queue behind other generations.
+            tokens = await asyncio.to_thread(engine.prompt_tokens, request)
+            check_fits(len(tokens), request.max_tokens, engine.context_tokens)
+        except BaseException:
+            self.active -= 1
+            raise
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Outcome | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
@@ -249,7 +253,6 @@ class HeadPool:
         first_token_us = 0
         last_flush = 0.0
         held: str | Outcome | BaseException | None = None
-        self.active += 1
         self._outstanding.add(cancelled)
         if adapter:
             adapter.users += 1

@@ -172,13 +172,14 @@ class Cascade:
         # next asker of the same question, and the longer budget it might have asked for would never be tried.
         # And only under the adapter that produced it: a head that restarted (or switched since the lookup)
         # may serve another adapter than the one the cache key was read for.
-        produced_here = result.adapter_version == request.adapter_version
-        if not produced_here:
+        keep = result.cacheable and bool(request.cache_key) and result.finish_reason == "stop"
+        if keep and result.adapter_version != request.adapter_version:
+            keep = False
             log.info(
                 "not cached: the answer came from another adapter than the cache key's",
                 extra={"produced_by": result.adapter_version, "keyed_for": request.adapter_version},
             )
-        if result.cacheable and request.cache_key and result.finish_reason == "stop" and produced_here:
+        if keep:
             cached = CachedAnswer(
                 result.text,
                 result.finish_reason,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator
 
@@ -19,6 +18,7 @@ from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import Trace
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import canary
+from spiral_common.auth import matches, presented_token
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Limits, validate_chat
 from spiral_common.config import Settings
@@ -165,9 +165,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         if not self.admin_token:
             raise Unauthenticated("admin calls are disabled: SPIRAL_ADMIN_TOKEN is not set", reason="ADMIN_DISABLED")
-        sent = dict(context.invocation_metadata() or ()).get("authorization", "")
-        scheme, _, token = sent.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+        token = presented_token(context.invocation_metadata())
+        if not matches(token, self.admin_token):
             # Logged without the token: a near-miss in a log is a leaked secret.
             log.warning("admin call refused", extra={"peer": context.peer(), "had_token": bool(token)})
             raise Unauthenticated("a valid admin bearer token is required", reason="BAD_ADMIN_TOKEN")

@@ -43,17 +43,27 @@ class Credentials:
                 f"{method} changes state and is disabled: neither SPIRAL_ADMIN_TOKEN nor SPIRAL_SERVICE_TOKEN is set",
                 reason="ADMIN_DISABLED",
             )
-        header = next((v for k, v in metadata or () if k == AUTHORIZATION), "")
-        header = header.decode(errors="replace") if isinstance(header, bytes) else header
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() == "bearer" and token:
-            for name, expected in tokens.items():
-                if expected and hmac.compare_digest(token.encode(), expected.encode()):
-                    return name
+        token = presented_token(metadata)
+        for name, expected in tokens.items():
+            if matches(token, expected):
+                return name
         raise Unauthenticated(
             f"{method} changes state: it needs `authorization: Bearer <SPIRAL_ADMIN_TOKEN or SPIRAL_SERVICE_TOKEN>`",
             reason="BAD_CREDENTIALS",
         )
+
+
+def presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The token of a call's `authorization: Bearer <token>` metadata ("" without one)."""
+    header = next((v for k, v in metadata or () if k == AUTHORIZATION), "")
+    header = header.decode(errors="replace") if isinstance(header, bytes) else header
+    scheme, _, token = header.partition(" ")
+    return token if scheme.lower() == "bearer" else ""
+
+
+def matches(token: str, expected: str) -> bool:
+    """Whether `token` is `expected` (never when either is empty), compared in constant time."""
+    return bool(token and expected) and hmac.compare_digest(token.encode(), expected.encode())
 
 
 def secrets_file(settings: Settings, environ: Mapping[str, str] | None = None) -> Path:

@@ -180,6 +180,16 @@ async def read_entries(
             return
 
 
+# KEYS: the answer's rating mark, the traffic stream. ARGV: rating, mark TTL (s), stream max length, answer id,
+# comment, ts_ms. 1 when the rating was recorded, 0 when the answer was rated already.
+_RATE_ONCE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'feedback', 'answer_id', ARGV[4],
+  'rating', ARGV[1], 'comment', ARGV[5], 'ts_ms', ARGV[6])
+return 1
+"""
+
+
 class TrafficLog:
     """The routers' side: append exchanges and ratings; the answer index says which track gave an answer."""
 
@@ -188,6 +198,7 @@ class TrafficLog:
         self.stream = stream_key(prefix)
         self.index_prefix = f"{prefix}answer:"
         self.rated_prefix = f"{prefix}rated:"
+        self._rate_once = redis.register_script(_RATE_ONCE)
         self.max_entries = max_entries
 
     async def append(self, exchange: traffic_pb2.TrafficExchange) -> None:
@@ -215,33 +226,18 @@ class TrafficLog:
             raise NotFound(f"no answer {answer_id!r} in the traffic log", reason="ANSWER_NOT_FOUND", field="answer_id")
         # One rating per answer: a repeated "bad" would otherwise retire patterns, drop training examples and
         # steer the canary as many times as someone cares to send it.
-        rated = self.rated_prefix + answer_id
-        if not await self.redis.set(rated, rating, nx=True, ex=ANSWER_INDEX_TTL_S):
+        # The mark and the stream entry are written in one atomic step: never a mark without its rating.
+        recorded = await self._rate_once(
+            keys=[self.rated_prefix + answer_id, self.stream],
+            args=[rating, ANSWER_INDEX_TTL_S, self.max_entries, answer_id, comment, int(time.time() * 1000)],
+        )
+        if not recorded:
             raise AlreadyExists(
                 f"answer {answer_id!r} was rated already; one rating per answer",
                 reason="ALREADY_RATED",
                 field="answer_id",
             )
-        try:
-            await self._append_rating(answer_id, rating, comment)
-        except BaseException:
-            await self.redis.delete(rated)  # not recorded: the rating may be sent again
-            raise
         return as_text(answered_by)
-
-    async def _append_rating(self, answer_id: str, rating: str, comment: str) -> None:
-        await self.redis.xadd(
-            self.stream,
-            {
-                "kind": "feedback",
-                "answer_id": answer_id,
-                "rating": rating,
-                "comment": comment,
-                "ts_ms": str(int(time.time() * 1000)),
-            },
-            maxlen=self.max_entries,
-            approximate=True,
-        )
 
 
 def stream_key(prefix: str) -> str:

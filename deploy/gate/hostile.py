@@ -129,8 +129,11 @@ class Probe:
         except subprocess.TimeoutExpired:
             self._process.kill()
             out, _ = self._process.communicate()
-        result = json.loads(out or '{"samples": [], "errors": 1}')
-        self.samples, self.errors = result["samples"], result["errors"]
+        try:
+            result = json.loads(out)
+            self.samples, self.errors = list(result["samples"]), int(result["errors"])
+        except (ValueError, KeyError, TypeError):  # the probe died without its report: the stage says so
+            self.samples, self.errors = [], 1
 
 
 def probe_main(gateway: str, interval_s: float, max_requests: int) -> None:

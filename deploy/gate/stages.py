@@ -174,13 +174,19 @@ def canary(ctx: GateContext) -> Outcome:
 # -- 4. loader -----------------------------------------------------------------------------------------------
 def loader(ctx: GateContext) -> Outcome:
     limit = ctx.thresholds["loader"]["max_load_s"]
-    argv = [ctx.python, "-m", "deploy.gate.loader", "--max-load-s", str(limit)]
+    return run_reporting_module(ctx, "deploy.gate.loader", "--max-load-s", str(limit))
+
+
+def run_reporting_module(ctx: GateContext, module: str, *args: str) -> Outcome:
+    """Runs `python -m module args` and judges the report it prints as its last line (JSON with `failures`
+    and `numbers`)."""
+    argv = [ctx.python, "-m", module, *args]
     ctx.write_log(f"$ {' '.join(argv)}")
     result = subprocess.run(argv, cwd=ctx.root, capture_output=True, text=True, timeout=600)
     ctx.write_log(result.stdout + result.stderr)
     lines = result.stdout.strip().splitlines()
     if not lines:
-        return Outcome("red", f"the loader printed nothing (exit {result.returncode})")
+        return Outcome("red", f"{module} printed nothing (exit {result.returncode})")
     report = json.loads(lines[-1])
     return Outcome.judge(report["failures"], report["numbers"])
 
@@ -334,15 +340,7 @@ def hostile_input(ctx: GateContext) -> Outcome:
 # -- 12. Kubernetes manifests and images -------------------------------------------------------------------
 def kubernetes(ctx: GateContext) -> Outcome:
     """Both overlays rendered and validated offline, every Containerfile linted (deploy/k8s_validate.py)."""
-    argv = [ctx.python, "-m", "deploy.k8s_validate"]
-    ctx.write_log(f"$ {' '.join(argv)}")
-    result = subprocess.run(argv, cwd=ctx.root, capture_output=True, text=True, timeout=600)
-    ctx.write_log(result.stdout + result.stderr)
-    lines = result.stdout.strip().splitlines()
-    if not lines:
-        return Outcome("red", f"deploy.k8s_validate printed nothing (exit {result.returncode})")
-    report = json.loads(lines[-1])
-    return Outcome.judge(report["failures"], report["numbers"])
+    return run_reporting_module(ctx, "deploy.k8s_validate")
 
 
 STAGES = (

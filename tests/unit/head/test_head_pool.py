@@ -109,3 +109,17 @@ async def test_a_prompt_over_the_context_window_is_refused_before_it_queues_behi
     assert caught.value.reason == "CONTEXT_OVERFLOW" and time.perf_counter() - started < 1.0
     assert pool.active == 1 and len(engine.prompts) == 1  # never queued, never run
     await running.aclose()
+
+
+async def test_a_burst_is_held_to_the_cap_while_its_prompts_are_still_being_counted():
+    class SlowCounting(ScriptedEngine):
+        counted = 0
+
+        def prompt_tokens(self, request):
+            type(self).counted += 1
+            time.sleep(0.2)  # a long prompt's tokenization
+            return super().prompt_tokens(request)
+
+    pool = await _pool(SlowCounting(["x"]), cap=2)
+    outcomes = await asyncio.gather(*(anext(pool.generate("", REQUEST)) for _ in range(5)), return_exceptions=True)
+    assert sum(isinstance(o, HeadBusy) for o in outcomes) == 3 and SlowCounting.counted == 2
