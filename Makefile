@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
@@ -118,3 +118,8 @@ bench-mesh: bootstrap
 bench-cascade: bootstrap
 	@command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null || sudo apt-get install -y -qq wrk >/dev/null; }
 	$(PY) -m bench.cascade
+
+# Spiral's gateway beside LiteLLM's proxy (a benchmark peer in a scratch virtualenv, never a dependency): cache hits.
+bench-peers: bootstrap
+	@command -v wrk >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -qq wrk >/dev/null || sudo apt-get install -y -qq wrk >/dev/null; }
+	$(PY) -m bench.peers

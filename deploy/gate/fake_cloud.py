@@ -54,6 +54,20 @@ class FakeCloud:
                 return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error"}}, 500)
             text = self.answers.get(body["messages"][-1]["content"], behaviour.text)
             words = text.split(" ")[: body.get("max_tokens") or None]
+            if not body.get("stream") and behaviour.mode == "answer":  # a plain JSON completion, as the APIs do
+                usage = {"prompt_tokens": behaviour.prompt_tokens, "completion_tokens": len(words)}
+                natural = "length" if len(words) == body.get("max_tokens") else "stop"
+                choice = {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}}
+                return JSONResponse(
+                    {
+                        "id": "cmpl-fake",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [choice | {"finish_reason": behaviour.finish or natural}],
+                        "usage": usage | {"total_tokens": sum(usage.values())},
+                    }
+                )
 
             async def events():  # type: ignore[no-untyped-def]
                 def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
