@@ -24,6 +24,7 @@ from spiral.traffic.v1 import traffic_pb2
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Outcome, Tier, Track
 from spiral_common.errors import BudgetExceeded, DeadlineExceeded, NotFound, SpiralError, Unavailable
+from spiral_common.logs import LogRate
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_to_proto, params_to_proto
 from spiral_common.traffic import TrafficLog, teaches
 
@@ -71,7 +72,9 @@ class Cascade:
         cache: AnswerCache,
         traffic: TrafficLog,
         metrics: RouterMetrics,
+        answer_log: LogRate | None = None,
     ) -> None:
+        self.answer_log = answer_log or LogRate(0)
         self.track = track
         self.tiers = tuple(tiers)
         self.cache = cache
@@ -204,15 +207,18 @@ class Cascade:
         await self.traffic.append(self._exchange(request, model, result, answer))
         self.metrics.requests.labels(result.tier.label).inc()
         self.metrics.request_latency.labels(result.tier.label).observe(trace.total_latency_us / 1e6)
-        log.info(
-            "answered",
-            extra={
-                "tier": result.tier.label,
-                "answer_id": answer.answer_id,
-                "total_ms": trace.total_latency_us / 1000,
-                "cost_usd_micros": trace.cost_usd_micros,
-            },
-        )
+        held_back = self.answer_log.admit(result.tier.label)
+        if held_back is not None:
+            log.info(
+                "answered",
+                extra={
+                    "tier": result.tier.label,
+                    "answer_id": answer.answer_id,
+                    "total_ms": trace.total_latency_us / 1000,
+                    "cost_usd_micros": trace.cost_usd_micros,
+                    "not_logged_before": held_back,
+                },
+            )
         yield answer
 
     def _exchange(

@@ -30,6 +30,7 @@ from spiral_common.chat import limits_from
 from spiral_common.config import Settings
 from spiral_common.enums import Track
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
+from spiral_common.logs import LogRate
 from spiral_common.pattern_set import PatternStore
 from spiral_common.specs import CloudProvider, council_members, load_heads
 from spiral_common.traffic import TrafficLog
@@ -111,7 +112,14 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         tiers.append(HeadTier(deps.heads, council.members[0]))
     else:
         tiers += [CouncilTier(council, metrics), CloudTier(cloud, metrics)]
-    cascade = Cascade(track=track, tiers=tiers, cache=cache, traffic=traffic, metrics=metrics)
+    cascade = Cascade(
+        track=track,
+        tiers=tiers,
+        cache=cache,
+        traffic=traffic,
+        metrics=metrics,
+        answer_log=LogRate(settings.router.answer_log_per_s),
+    )
     metrics.budget_pool.set(settings.budget.daily_pool_usd_micros / 1e6)
     router = RouterServicer(cascade, council, traffic, limits_from(settings), metrics)
     admin = AdminServicer(

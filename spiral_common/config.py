@@ -218,6 +218,9 @@ class RouterSettings:
     head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
     # Traffic log: the Redis stream keeps about this many exchanges.
     traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
+    # The "answered" log line: at most this many per second and tier (the next line says how many were held
+    # back; the request metrics stay exact); 0: one line per answer.
+    answer_log_per_s: float = field(default=20.0, metadata={"min": 0.0})
 
     def __post_init__(self) -> None:
         _check(self)
