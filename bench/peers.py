@@ -272,9 +272,9 @@ def report(results: dict[str, list[dict]], args: argparse.Namespace) -> None:
     print("| p99 bound | Spiral requests/s | LiteLLM requests/s | ratio |")
     print("|---|---|---|---|")
     for bound in BOUNDS_MS:
-        s, p = fronts["spiral"][bound], fronts["litellm"][bound]
-        ratio = f"{s / p:.1f}x" if p else "LiteLLM never under it"
-        print(f"| {bound} ms | {s:.0f} | {p:.0f} | {ratio} |")
+        ours, theirs = fronts["spiral"][bound], fronts["litellm"][bound]
+        ratio = f"{ours / theirs:.1f}x" if theirs else "LiteLLM never under it"
+        print(f"| {bound} ms | {ours:.0f} | {theirs:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":
