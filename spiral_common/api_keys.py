@@ -263,7 +263,9 @@ class ClientAuth:
         key, hashed = found
         return key if hmac.compare_digest(digest(token), hashed) else None
 
-    async def principal(self, metadata: Iterable[tuple[str, str | bytes]] | None, *, admin_ok: bool = False) -> Principal:
+    async def principal(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, *, admin_ok: bool = False
+    ) -> Principal:
         """The caller of a client RPC; Unauthenticated (BAD_API_KEY) for a bad key, or for none when keys are
         required. `admin_ok`: the admin token is accepted too (rating any answer); it is never a client key."""
         token = presented_token(metadata)
