@@ -63,8 +63,8 @@ async def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
             for key in await store.list():
                 daily = "uncapped" if key.daily_usd_micros is None else str(key.daily_usd_micros)
                 created = datetime.fromtimestamp(key.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-                models = ",".join(key.models) or "all"
-                print(f"{key.name:<24} {daily:<17} {key.rps or 'none'!s:<6} {models:<20} {created}")
+                allowed = ",".join(key.models) or "all"
+                print(f"{key.name:<24} {daily:<17} {key.rps or 'none'!s:<6} {allowed:<20} {created}")
             return 0
         if not args.name:
             print(f"spiralctl {args.command}: --name is required", file=sys.stderr)
