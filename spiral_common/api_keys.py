@@ -78,10 +78,6 @@ class Principal:
     key: ApiKey
     admin: bool = False
 
-    @property
-    def name(self) -> str:
-        return "admin" if self.admin else self.key.name
-
 
 def digest(token: str) -> str:
     """The stored form of a key: SHA-256 of the whole key, hex (see the module's docstring for why SHA-256)."""
@@ -256,9 +252,8 @@ class ClientAuth:
         """The key `token` is (None when it is not a valid key), compared in constant time."""
         if not key_id_of(token):
             return None
-        found = await self._lookup(token)
+        found = await self._lookup(token)  # the key id is not a secret: only the comparison below must not leak
         if found is None:
-            hmac.compare_digest(digest(token), digest(token))  # as long as a miss on a known id
             return None
         key, hashed = found
         return key if hmac.compare_digest(digest(token), hashed) else None
