@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight api-key api-keys revoke-api-key promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
@@ -32,6 +32,19 @@ logs: bootstrap
 set-canary-weight: bootstrap
 	@test -n "$(PERCENT)" || { echo "usage: make set-canary-weight PERCENT=0..100"; exit 2; }
 	$(PY) -m deploy.spiralctl canary $(PERCENT)
+
+# make api-key NAME=<name> [DAILY_USD_MICROS=<n>] [RPS=<n>] [MODELS=<a,b>]: a client API key, printed alone on the
+# last line (shown once; only its hash is stored). make api-keys: every key's limits. make revoke-api-key NAME=<name>.
+api-key: bootstrap
+	@test -n "$(NAME)" || { echo "usage: make api-key NAME=<name> [DAILY_USD_MICROS=<n>] [RPS=<n>] [MODELS=<a,b>]"; exit 2; }
+	@$(PY) -m deploy.spiralctl api-key --name "$(NAME)" $(if $(DAILY_USD_MICROS),--daily-usd-micros $(DAILY_USD_MICROS)) $(if $(RPS),--rps $(RPS)) $(if $(MODELS),--models "$(MODELS)")
+
+api-keys: bootstrap
+	@$(PY) -m deploy.spiralctl api-keys
+
+revoke-api-key: bootstrap
+	@test -n "$(NAME)" || { echo "usage: make revoke-api-key NAME=<name>"; exit 2; }
+	@$(PY) -m deploy.spiralctl revoke-api-key --name "$(NAME)"
 
 # make promote: compare canary and main over the last hour; promote the canary's adapter or roll it back.
 promote: bootstrap

@@ -115,6 +115,7 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         run_dir=RUN_DIR,
         adapters_dir=ADAPTERS_DIR,
         liveness_interval_s=0.0,  # the kubelet's probes replace the one-box watchdog
+        client_auth="keys",  # the gateway listens on every interface of its pod: every client needs an API key
         redis=dataclasses.replace(s.redis, redis_addr=at("redis", s.redis.redis_addr)),
         # Promotion runs as `make promote` against the cluster, not as a program beside the services.
         envoy=dataclasses.replace(s.envoy, envoy_addr=envoy, promotion_interval_s=0),

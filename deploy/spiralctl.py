@@ -1,17 +1,24 @@
-"""`python -m deploy.spiralctl up|down|status|logs`: what `make up`, `make down`, `make status` and `make logs` run."""
+"""`python -m deploy.spiralctl up|down|status|logs|canary|api-key|api-keys|revoke-api-key`: what `make up`,
+`make down`, `make status`, `make logs`, `make set-canary-weight`, `make api-key`, `make api-keys` and
+`make revoke-api-key` run."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from datetime import UTC, datetime
 
 import grpc
+import redis.asyncio as aioredis
 
 from deploy.platform import Platform, PlatformError
 from deploy.render import ensure_secrets_file
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc
-from spiral_common.config import ConfigError, load_settings
+from spiral_common.api_keys import CACHE_TTL_S, ApiKeyStore
+from spiral_common.config import ConfigError, Settings, load_settings
+from spiral_common.errors import InvalidArgument
 from spiral_common.specs import secret
 
 
@@ -46,11 +53,57 @@ def _canary(platform: Platform, percent: int | None) -> int:
     return 0
 
 
+async def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Create, list or revoke client API keys, in the platform's Redis (the routers need not be running)."""
+    redis = aioredis.from_url(settings.redis.redis_url)
+    store = ApiKeyStore(redis, prefix=settings.redis.redis_prefix)
+    try:
+        if args.command == "api-keys":
+            print(f"{'NAME':<24} {'DAILY_USD_MICROS':<17} {'RPS':<6} {'MODELS':<20} CREATED (UTC)")
+            for key in await store.list():
+                daily = "uncapped" if key.daily_usd_micros is None else str(key.daily_usd_micros)
+                created = datetime.fromtimestamp(key.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+                allowed = ",".join(key.models) or "all"
+                print(f"{key.name:<24} {daily:<17} {key.rps or 'none'!s:<6} {allowed:<20} {created}")
+            return 0
+        if not args.name:
+            print(f"spiralctl {args.command}: --name is required", file=sys.stderr)
+            return 2
+        if args.command == "revoke-api-key":
+            if not await store.revoke(args.name):
+                print(f"spiralctl revoke-api-key: no API key named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.name!r}: the routers refuse it within {CACHE_TTL_S:g} s")
+            return 0
+        models = [m for m in (args.models or "").split(",") if m.strip()]
+        key, token = await store.create(args.name, daily_usd_micros=args.daily_usd_micros, rps=args.rps, models=models)
+        daily = "uncapped" if key.daily_usd_micros is None else f"{key.daily_usd_micros} micro-USD a day"
+        print(
+            f"API key {key.name!r}: cloud budget {daily}, rate {key.rps or 'unlimited'} rps, models "
+            f"{', '.join(key.models) or 'all'}. Shown once; keep it secret (only its hash is stored):"
+        )
+        print(token)
+        return 0
+    except InvalidArgument as exc:
+        print(f"spiralctl {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        await redis.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="spiralctl", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "logs", "canary"])
+    parser.add_argument(
+        "command", choices=["up", "down", "status", "logs", "canary", "api-key", "api-keys", "revoke-api-key"]
+    )
     parser.add_argument("percent", nargs="?", type=int, help="canary: the new share of router traffic, percent")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for every service")
+    parser.add_argument("--name", help="api-key, revoke-api-key: the key's name (metrics and refusals show it)")
+    parser.add_argument(
+        "--daily-usd-micros", type=int, help="api-key: the key's daily cloud budget, micro-dollars (default: uncapped)"
+    )
+    parser.add_argument("--rps", type=int, default=0, help="api-key: requests per second (default 0: no limit)")
+    parser.add_argument("--models", help="api-key: the models it may use, comma-separated (default: all)")
     args = parser.parse_args(argv)
     try:
         platform = Platform(load_settings())
@@ -77,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if _print_checks(platform) else 1
         elif args.command == "canary":
             return _canary(platform, args.percent)
+        elif args.command in ("api-key", "api-keys", "revoke-api-key"):
+            return asyncio.run(_api_keys(s, args))
         elif args.command == "logs":
             logs = sorted(str(p) for p in (platform.run / "logs").glob("*.log"))
             if not logs:

@@ -10,11 +10,12 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import BodyLimit, RequestContext
 from gateway.routes import admin, native, openai, ops
 from gateway.state import GatewayState
-from spiral_common.config import Settings
+from spiral_common.config import Settings, check_gateway_exposure
 from spiral_common.grpc_service import service_registry
 
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    check_gateway_exposure(settings)  # never open to the network without client keys
     registry = registry or service_registry()
     state = GatewayState(settings=settings, registry=registry, metrics=GatewayMetrics(registry))
     app = FastAPI(

@@ -77,9 +77,19 @@ def rpc_error_body(exc: grpc.aio.AioRpcError, request_id: str) -> tuple[int, dic
     return status, error_body(status, message, reason, metadata, request_id)
 
 
+def _headers(request_id: str, metadata: dict[str, str]) -> dict[str, str]:
+    """The response headers of an error: the request id, and Retry-After (whole seconds, rounded up) for a limit
+    that frees itself soon (a key over its rate, a busy head: the gRPC RetryInfo's twin)."""
+    headers = {"x-request-id": request_id}
+    retry_ms = metadata.get("retry_after_ms", "")
+    if retry_ms.isdigit():
+        headers["retry-after"] = str(max(-(-int(retry_ms) // 1000), 1))
+    return headers
+
+
 def rpc_error_response(exc: grpc.aio.AioRpcError, request_id: str) -> JSONResponse:
     status, body = rpc_error_body(exc, request_id)
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+    return JSONResponse(body, status_code=status, headers=_headers(request_id, body["error"]["metadata"]))
 
 
 def domain_error_response(exc: errors.SpiralError, request_id: str) -> JSONResponse:
@@ -87,7 +97,7 @@ def domain_error_response(exc: errors.SpiralError, request_id: str) -> JSONRespo
     return JSONResponse(
         error_body(status, exc.message, exc.reason, exc.metadata, request_id),
         status_code=status,
-        headers={"x-request-id": request_id},
+        headers=_headers(request_id, exc.metadata),
     )
 
 

@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.metrics import GatewayMetrics
 from spiral.router.v1 import admin_pb2_grpc, router_pb2_grpc
+from spiral_common.auth import AUTHORIZATION
 from spiral_common.chat import Limits, limits_from
 from spiral_common.config import Settings
+from spiral_common.errors import Unauthenticated
 from spiral_common.logs import REQUEST_ID_HEADER
 
 
@@ -95,15 +97,30 @@ async def call_metadata(request: Request) -> Metadata:
     return ((REQUEST_ID_HEADER, request.state.request_id),)
 
 
+async def client_metadata(request: Request) -> Metadata:
+    """The metadata of a client call: the request id and the client's `Authorization: Bearer <API key>`, passed
+    on as it came; the router checks the key (in constant time) and applies its limits. With
+    SPIRAL_CLIENT_AUTH=keys a call without one is refused here already (the router would refuse it too)."""
+    header = request.headers.get(AUTHORIZATION, "")
+    if not header and (await gateway_state(request)).settings.client_auth == "keys":
+        raise Unauthenticated(
+            "this gateway needs a client API key: `Authorization: Bearer sk-spiral-...` "
+            "(an operator creates one with `make api-key NAME=<name>`)",
+            reason="BAD_API_KEY",
+        )
+    return (*(await call_metadata(request)), *(((AUTHORIZATION, header),) if header else ()))
+
+
 async def admin_metadata(request: Request) -> Metadata:
     # The bearer token is passed on as it came; the router checks it (in constant time) and logs
     # refusals without it.
-    return (*(await call_metadata(request)), ("authorization", request.headers.get("authorization", "")))
+    return (*(await call_metadata(request)), (AUTHORIZATION, request.headers.get(AUTHORIZATION, "")))
 
 
 State = Annotated[GatewayState, Depends(gateway_state)]
 Stubs = Annotated[Upstream, Depends(upstream)]
 CallMetadata = Annotated[Metadata, Depends(call_metadata)]
+ClientMetadata = Annotated[Metadata, Depends(client_metadata)]
 CallTimeout = Annotated[float, Depends(call_timeout)]
 ChatLimits = Annotated[Limits, Depends(chat_limits)]
 AdminMetadata = Annotated[Metadata, Depends(admin_metadata)]

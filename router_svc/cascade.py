@@ -21,6 +21,7 @@ from router_svc.deadline import NO_DEADLINE
 from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import CascadeRequest, CascadeTier, Clock, Pass, TierResult, Trace, TraceStep
 from spiral.traffic.v1 import traffic_pb2
+from spiral_common.api_keys import LOCAL_PRINCIPAL, ApiKey
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Outcome, Tier, Track
 from spiral_common.errors import BudgetExceeded, DeadlineExceeded, NotFound, SpiralError, Unavailable
@@ -98,15 +99,21 @@ class Cascade:
             self.metrics.first_token.observe(request.trace.first_token_latency_us / 1e6)
 
     async def stream(
-        self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE
+        self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE, client: ApiKey = LOCAL_PRINCIPAL
     ) -> AsyncIterator[str | Answer]:
         """Yield text as it comes (one piece for every tier but a streaming one), then the Answer.
 
         `deadline` (a time.monotonic() instant) is the caller's: no tier runs past it, and a tier that would
-        start with no time left does not start."""
+        start with no time left does not start. `client` is the API key the request came with: the models it
+        may use, and the budget its cloud spend counts against."""
         model = resolve_model(chat.model)
+        try:
+            client.check_model(model)
+        except SpiralError as exc:
+            self.metrics.key_refusals.labels(client.name, exc.reason).inc()
+            raise
         request = CascadeRequest(
-            chat, request_id, single_turn_prompt(chat), Trace(request_id, self.track), Clock(), deadline
+            chat, request_id, single_turn_prompt(chat), Trace(request_id, self.track), Clock(), deadline, client
         )
         passes: list[Pass] = []
         for tier in self.tiers:
@@ -205,6 +212,7 @@ class Cascade:
             model,
         )
         await self.traffic.append(self._exchange(request, model, result, answer))
+        await self.traffic.own(answer.answer_id, request.client.name)  # only this client may rate it
         self.metrics.requests.labels(result.tier.label).inc()
         self.metrics.request_latency.labels(result.tier.label).observe(trace.total_latency_us / 1e6)
         held_back = self.answer_log.admit(result.tier.label)
@@ -245,8 +253,10 @@ class Cascade:
             pattern_id=result.pattern_id,
         )
 
-    async def answer(self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE) -> Answer:
-        async for item in self.stream(chat, request_id, deadline):
+    async def answer(
+        self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE, client: ApiKey = LOCAL_PRINCIPAL
+    ) -> Answer:
+        async for item in self.stream(chat, request_id, deadline, client):
             if isinstance(item, Answer):
                 return item
         raise Unavailable("no answer was produced", reason="NO_ANSWER")

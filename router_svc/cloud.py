@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -181,10 +182,10 @@ class CloudFallback:
         room = cap * 1_000_000 - prompt_bound * provider.input_usd_micros_per_million_tokens
         return max(room // provider.output_usd_micros_per_million_tokens, 0)
 
-    async def _reserve(self, amount_usd_micros: int, subject: str, scope: Scope) -> Reservation:
+    async def _reserve(self, amount_usd_micros: int, subject: str, scopes: Sequence[Scope]) -> Reservation:
         """Reserve, even when our caller cancels mid-way: Redis may grant the reservation after we stop
         waiting, so an orphaned grant is released as soon as it arrives instead of waiting to expire."""
-        task = asyncio.ensure_future(self.ledger.reserve(amount_usd_micros, subject=subject, scopes=[scope]))
+        task = asyncio.ensure_future(self.ledger.reserve(amount_usd_micros, subject=subject, scopes=scopes))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -212,7 +213,12 @@ class CloudFallback:
         return charged
 
     async def answer(
-        self, chat: ChatRequest, attempts: list[Attempt], deadline: float = NO_DEADLINE, request_key: str = ""
+        self,
+        chat: ChatRequest,
+        attempts: list[Attempt],
+        deadline: float = NO_DEADLINE,
+        request_key: str = "",
+        scopes: Sequence[Scope] = (),
     ) -> CloudAnswer:
         """The first provider that answers within budget; BudgetExceeded or Unavailable otherwise, or
         DeadlineExceeded when the caller's `deadline` (a time.monotonic() instant) passes first.
@@ -220,7 +226,8 @@ class CloudFallback:
         The per-request cap covers every provider attempt of one client request: on this router by what the
         earlier attempts were charged, and on any router (an Envoy retry of the same request) by the ledger's
         scope for `request_key` (the request id and the request's digest). Each provider tried is appended to
-        `attempts`, whatever the outcome."""
+        `attempts`, whatever the outcome. Each reservation also counts against `scopes` (the client key's budget),
+        in the same atomic step."""
         refusal: BudgetExceeded | None = None
         scope = Scope.for_request(request_key or uuid.uuid4().hex, self.cap)
         charged = 0  # by this request's earlier attempts here
@@ -244,11 +251,11 @@ class CloudFallback:
             prompt_bound = prompt_token_bound(chat)
             try:
                 reservation = await self._reserve(
-                    cost_usd_micros(prompt_bound, max_tokens, provider), f"a {provider.name} call", scope
+                    cost_usd_micros(prompt_bound, max_tokens, provider), f"a {provider.name} call", [scope, *scopes]
                 )
             except BudgetExceeded as exc:
                 refusal = exc
-                limit = "DAILY_POOL" if exc.subject == "daily_pool" else "PER_REQUEST_CAP"
+                limit = {"daily_pool": "DAILY_POOL", "per_request_cap": "PER_REQUEST_CAP"}.get(exc.subject, exc.reason)
                 attempts.append(Attempt(provider.name, "refused", _since_us(started), limit))
                 continue
             try:

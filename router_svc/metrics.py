@@ -67,6 +67,27 @@ class RouterMetrics:
             ["rating", "track"],
             registry=registry,
         )
+        # Per client API key ("local": calls without a key). The label is the key's name, never its secret; keys
+        # are created by the operator, so the label's values stay few.
+        self.key_requests = Counter(
+            "spiral_api_key_requests_total",
+            "Client requests admitted, by API key name.",
+            ["api_key"],
+            registry=registry,
+        )
+        self.key_refusals = Counter(
+            "spiral_api_key_refusals_total",
+            "Client requests refused by their key's limits, by API key name and reason "
+            "(KEY_RATE_LIMITED, MODEL_NOT_ALLOWED, KEY_BUDGET_EXCEEDED).",
+            ["api_key", "reason"],
+            registry=registry,
+        )
+        self.key_spend = Counter(
+            "spiral_api_key_spend_usd_total",
+            "Settled cloud spend of this router, by API key name, US dollars.",
+            ["api_key"],
+            registry=registry,
+        )
         self.budget_spent = Gauge(
             "spiral_budget_spent_usd", "Today's settled spend of the shared pool, US dollars.", registry=registry
         )

@@ -25,6 +25,7 @@ from router_svc.tiers.council import CouncilTier
 from router_svc.tiers.head import HeadTier
 from router_svc.tiers.pattern import PatternTier
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
+from spiral_common.api_keys import ApiKeyStore, ClientAuth, KeyRateLimiter
 from spiral_common.budget import BudgetLedger, utc_now
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
@@ -121,7 +122,16 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         answer_log=LogRate(settings.router.answer_log_per_s),
     )
     metrics.budget_pool.set(settings.budget.daily_pool_usd_micros / 1e6)
-    router = RouterServicer(cascade, council, traffic, limits_from(settings), metrics)
+    keys = ApiKeyStore(deps.redis, prefix=settings.redis.redis_prefix)
+    router = RouterServicer(
+        cascade,
+        council,
+        traffic,
+        limits_from(settings),
+        metrics,
+        ClientAuth(keys, mode=settings.client_auth, admin_token=deps.admin_token),
+        KeyRateLimiter(deps.redis, keys, prefix=settings.redis.redis_prefix),
+    )
     admin = AdminServicer(
         ledger,
         deps.admin_token,
@@ -129,6 +139,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         deps.heads,
         AdapterVersions(deps.redis, prefix=settings.redis.redis_prefix),
         settings,
+        keys,
     )
 
     def add(server):  # type: ignore[no-untyped-def]

@@ -18,12 +18,13 @@ from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import Trace
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import canary
+from spiral_common.api_keys import LOCAL, ApiKey, ApiKeyStore, ClientAuth, KeyRateLimiter, utc_day
 from spiral_common.auth import matches, presented_token
-from spiral_common.budget import BudgetLedger
+from spiral_common.budget import BudgetLedger, key_scope
 from spiral_common.chat import ChatRequest, Limits, validate_chat
 from spiral_common.config import Settings
 from spiral_common.enums import tracks_to_switch
-from spiral_common.errors import Unauthenticated
+from spiral_common.errors import KeyRateLimited, Unauthenticated
 from spiral_common.logs import request_id_var
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
 from spiral_common.traffic import TrafficLog
@@ -71,14 +72,37 @@ def _deadline(context: grpc.aio.ServicerContext) -> float:
 
 
 class RouterServicer(router_pb2_grpc.RouterServiceServicer):
+    """The client RPCs; each call is from an API key (`authorization: Bearer sk-spiral-...`) or, with client
+    auth off, from "local"."""
+
     def __init__(
-        self, cascade: Cascade, council: Council, traffic: TrafficLog, limits: Limits, metrics: RouterMetrics
+        self,
+        cascade: Cascade,
+        council: Council,
+        traffic: TrafficLog,
+        limits: Limits,
+        metrics: RouterMetrics,
+        clients: ClientAuth,
+        rate: KeyRateLimiter,
     ) -> None:
         self.metrics = metrics
         self.cascade = cascade
         self.council = council
         self.traffic = traffic
         self.limits = limits
+        self.clients = clients
+        self.rate = rate
+
+    async def _client(self, context: grpc.aio.ServicerContext) -> ApiKey:
+        """The caller's key, once it is known and within its rate (the request is then counted)."""
+        key = (await self.clients.principal(context.invocation_metadata())).key
+        try:
+            await self.rate.admit(key)
+        except KeyRateLimited as exc:
+            self.metrics.key_refusals.labels(key.name, exc.reason).inc()
+            raise
+        self.metrics.key_requests.labels(key.name).inc()
+        return key
 
     def _chat(
         self, request: router_pb2.OrchestrateRequest | router_pb2.OrchestrateStreamRequest | router_pb2.VoteRequest
@@ -91,7 +115,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Orchestrate(
         self, request: router_pb2.OrchestrateRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.OrchestrateResponse:
-        answer = await self.cascade.answer(self._chat(request), request_id_var.get(), _deadline(context))
+        client = await self._client(context)
+        answer = await self.cascade.answer(self._chat(request), request_id_var.get(), _deadline(context), client)
         return router_pb2.OrchestrateResponse(
             answer_id=answer.answer_id,
             text=answer.text,
@@ -104,7 +129,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def OrchestrateStream(
         self, request: router_pb2.OrchestrateStreamRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[router_pb2.OrchestrateStreamResponse]:
-        async for item in self.cascade.stream(self._chat(request), request_id_var.get(), _deadline(context)):
+        client = await self._client(context)
+        async for item in self.cascade.stream(self._chat(request), request_id_var.get(), _deadline(context), client):
             if isinstance(item, Answer):
                 yield router_pb2.OrchestrateStreamResponse(
                     end=router_pb2.StreamEnd(
@@ -119,6 +145,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 yield router_pb2.OrchestrateStreamResponse(delta=router_pb2.TextDelta(text=item))
 
     async def Vote(self, request: router_pb2.VoteRequest, context: grpc.aio.ServicerContext) -> router_pb2.VoteResponse:
+        await self._client(context)
         result, trace = await vote(
             self.council,
             self._chat(request),
@@ -137,8 +164,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def SubmitFeedback(
         self, request: router_pb2.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.SubmitFeedbackResponse:
+        rater = await self.clients.principal(context.invocation_metadata(), admin_ok=True)
         rating = _RATING.get(request.rating, "")
-        track = await self.traffic.feedback(request.answer_id, rating, request.comment)
+        track = await self.traffic.feedback(
+            request.answer_id, rating, request.comment, rater=rater.key.name, admin=rater.admin
+        )
         self.metrics.feedback.labels(rating, track).inc()
         return router_pb2.SubmitFeedbackResponse(recorded=True)
 
@@ -154,8 +184,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         heads: HeadClient,
         adapter_versions: AdapterVersions,
         settings: Settings,
+        keys: ApiKeyStore,
     ) -> None:
         self.settings = settings
+        self.keys = keys
         self.ledger = ledger
         self.heads = heads
         self.adapter_versions = adapter_versions
@@ -219,3 +251,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         previous = await asyncio.to_thread(canary.set_weight, self.settings, request.percent)
         log.info("canary weight set", extra={"percent": request.percent, "previous_percent": previous})
         return admin_pb2.SetCanaryWeightResponse(previous_percent=previous, percent=request.percent)
+
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListApiKeysResponse:
+        self._authorize(context)
+        keys = [*await self.keys.list(), ApiKey(LOCAL)]
+        status = await self.ledger.status([key_scope(k.name) for k in keys])
+        requests = await self.keys.requests_on(utc_day())
+        reply = admin_pb2.ListApiKeysResponse(day=status.day)
+        for key in keys:
+            spent, reserved = status.scopes[key_scope(key.name)]
+            usage = reply.keys.add(
+                name=key.name,
+                rps=key.rps,
+                models=key.models,
+                spent_usd_micros=spent,
+                reserved_usd_micros=reserved,
+                requests=requests.get(key.name, 0),
+            )
+            if key.daily_usd_micros is not None:
+                usage.daily_usd_micros = key.daily_usd_micros
+            if key.created_ms:
+                usage.created_at.FromMilliseconds(key.created_ms)
+        return reply

@@ -59,7 +59,8 @@ local function total(field)
 end
 """
 
-# ARGV: now_ms, amount, reservation id, expires_at_ms, pool, then (scope, limit) pairs. Returns {granted, the
+# ARGV: now_ms, amount, reservation id, expires_at_ms, pool, then (scope, limit) pairs (a limit of -1: the scope
+# only counts, as an uncapped client key's does). Returns {granted, the
 # index of the limit that refused (0: the pool, n: the nth scope), spent, reserved} of that limit.
 _RESERVE = (
     _LIB
@@ -70,8 +71,8 @@ if spent + reserved + amount > tonumber(ARGV[5]) then return {0, 0, spent, reser
 local scopes = {}
 for i = 6, #ARGV, 2 do
   local scope = ARGV[i]
-  local s_spent, s_reserved = total(scope .. ':spent'), total(scope .. ':reserved')
-  if s_spent + s_reserved + amount > tonumber(ARGV[i + 1]) then return {0, (i - 4) / 2, s_spent, s_reserved} end
+  local s_spent, s_reserved, limit = total(scope .. ':spent'), total(scope .. ':reserved'), tonumber(ARGV[i + 1])
+  if limit >= 0 and s_spent + s_reserved + amount > limit then return {0, (i - 4) / 2, s_spent, s_reserved} end
   scopes[#scopes + 1] = scope
 end
 move(KEYS[1], scopes, amount, 0)
@@ -125,8 +126,9 @@ class Scope:
     trainer's share, one client request's cap (all its provider attempts, on any router), a client key's."""
 
     name: str
-    limit_usd_micros: int
+    limit_usd_micros: int  # NO_LIMIT: the scope only counts what is reserved and spent in it
     subject: str = ""  # what a refusal names (QuotaFailure, metrics); empty: the name up to its first colon
+    reason: str = "BUDGET_EXCEEDED"  # the refusal's reason
 
     def __post_init__(self) -> None:
         if not self.name or "|" in self.name or not self.name.isprintable():
@@ -136,6 +138,21 @@ class Scope:
     def for_request(cls, key: str, cap_usd_micros: int) -> Scope:
         """One client request's cap (`key`: its id and digest); forgotten once its day is over."""
         return cls(f"{REQUEST_SCOPE_PREFIX}{key}", cap_usd_micros, subject="per_request_cap")
+
+    @classmethod
+    def for_key(cls, name: str, daily_usd_micros: int | None) -> Scope:
+        """A client API key's share of the day (None: uncapped, only counted). A refusal is KEY_BUDGET_EXCEEDED
+        and names the key (never its secret) as `api_key:<name>`."""
+        limit = NO_LIMIT if daily_usd_micros is None else daily_usd_micros
+        return cls(key_scope(name), limit, subject=f"api_key:{name}", reason="KEY_BUDGET_EXCEEDED")
+
+
+NO_LIMIT = -1
+
+
+def key_scope(name: str) -> str:
+    """The ledger's scope of a client API key: fields "key:<name>:spent" and "key:<name>:reserved" of the day."""
+    return f"key:{name}"
 
 
 # Request scopes matter only while their request (and its retries) can still spend: a day's are dropped from its
@@ -219,9 +236,10 @@ class BudgetLedger:
             args=[now_ms, amount_usd_micros, reservation.reservation_id, expires_ms, self.pool_usd_micros, *limits],
         )
         if not granted:
+            reason = "BUDGET_EXCEEDED"
             if refused_by:
                 scope = scopes[int(refused_by) - 1]
-                name, limit = scope.name, scope.limit_usd_micros
+                name, limit, reason = scope.name, scope.limit_usd_micros, scope.reason
                 limit_subject = scope.subject or name.split(":", 1)[0]
             else:
                 name, limit, limit_subject = "daily_pool", self.pool_usd_micros, "daily_pool"
@@ -233,6 +251,7 @@ class BudgetLedger:
                 needed_usd_micros=str(amount_usd_micros),
                 day=day,
                 scope=name,
+                reason=reason,
             )
         return reservation
 

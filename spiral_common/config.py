@@ -56,6 +56,7 @@ _CHOICES = {
     "trainer_sandbox": ("unshare", "none"),
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
+    "client_auth": ("keys", "off"),
 }
 # The variables this version replaced: a profile or environment still setting one fails loudly.
 _REPLACED = {
@@ -435,6 +436,10 @@ class Settings:
     liveness_timeout_s: float = field(default=2.0, metadata={"min": 0.1})
     liveness_failures: int = field(default=3, metadata={"min": 1})
     liveness_start_grace_s: float = field(default=300.0, metadata={"min": 0.0})
+    # Who may call the client APIs (the gateway's routes and the routers' RouterService): "keys", every request
+    # needs a client API key (`make api-key`); "off", a request without one runs as the principal "local" (a
+    # request with one still gets its key's limits). The gateway refuses to start off loopback with "off".
+    client_auth: str = "off"
 
     redis: RedisSettings = field(default_factory=RedisSettings)
     envoy: EnvoySettings = field(default_factory=EnvoySettings)
@@ -471,6 +476,18 @@ class Settings:
             return self.run_path / "trainer"
         path = Path(self.trainer.trainer_work_dir)
         return path if path.is_absolute() else REPO_ROOT / path
+
+
+def check_gateway_exposure(settings: Settings) -> None:
+    """ConfigError when the gateway would listen beyond this machine with client auth off: anyone who can reach
+    it could spend the whole cloud budget and rate any answer."""
+    host = settings.gateway.gateway_addr.host
+    if settings.client_auth == "off" and not _is_loopback(host):
+        raise ConfigError(
+            f"{env_name('gateway_addr')}={settings.gateway.gateway_addr!r} is not a loopback address and "
+            f"{env_name('client_auth')}=off: anyone who can reach it could spend the cloud budget. Set "
+            f"{env_name('client_auth')}=keys (and create keys with `make api-key NAME=...`), or bind 127.0.0.1"
+        )
 
 
 def _groups() -> dict[str, type]:

@@ -35,6 +35,12 @@ class Unauthenticated(SpiralError):
     reason = "UNAUTHENTICATED"
 
 
+class PermissionDenied(SpiralError):
+    """The caller is known but may not do this (a model its API key does not allow, another key's answer)."""
+
+    reason = "PERMISSION_DENIED"
+
+
 class NotFound(SpiralError):
     """The named thing (adapter version, job, answer id) does not exist."""
 
@@ -59,14 +65,26 @@ class ResourceExhausted(SpiralError):
     reason = "RESOURCE_EXHAUSTED"
 
 
-class HeadBusy(ResourceExhausted):
-    """The head's concurrency cap is reached; retry after `retry_after_ms`."""
+class Throttled(ResourceExhausted):
+    """A limit that frees itself soon: retry after `retry_after_ms` (sent as RetryInfo, and HTTP Retry-After)."""
 
-    reason = "HEAD_BUSY"
+    reason = "THROTTLED"
 
     def __init__(self, message: str, *, retry_after_ms: int, **metadata: str) -> None:
         super().__init__(message, retry_after_ms=str(retry_after_ms), **metadata)
         self.retry_after_ms = retry_after_ms
+
+
+class HeadBusy(Throttled):
+    """The head's concurrency cap is reached; retry after `retry_after_ms`."""
+
+    reason = "HEAD_BUSY"
+
+
+class KeyRateLimited(Throttled):
+    """A client API key sent requests faster than its rate; metadata names the `api_key`."""
+
+    reason = "KEY_RATE_LIMITED"
 
 
 class BudgetExceeded(ResourceExhausted):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _STATUS_BY_ERROR: list[tuple[type[errors.SpiralError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
@@ -69,7 +70,7 @@ def to_rpc_status(error: errors.SpiralError, domain: str) -> grpc.Status:
                 violations=[error_details_pb2.QuotaFailure.Violation(subject=error.subject, description=error.message)]
             )
         )
-    if isinstance(error, errors.HeadBusy):
+    if isinstance(error, errors.Throttled):
         details.append(
             error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=error.retry_after_ms * 1_000_000))
         )
@@ -357,6 +358,7 @@ def error_info(exc: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
 _ERROR_BY_STATUS: dict[grpc.StatusCode, type[errors.SpiralError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,

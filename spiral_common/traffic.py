@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from spiral.common.v1 import chat_pb2
 from spiral.traffic.v1 import traffic_pb2
 from spiral_common.enums import TEACHING_TIERS, Tier, Track
-from spiral_common.errors import AlreadyExists, InvalidArgument, NotFound
+from spiral_common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from spiral_common.redis_values import as_bytes, as_text
 
 SCHEMA_VERSION = 1
@@ -198,6 +198,7 @@ class TrafficLog:
         self.stream = stream_key(prefix)
         self.index_prefix = f"{prefix}answer:"
         self.rated_prefix = f"{prefix}rated:"
+        self.owner_prefix = f"{prefix}answer_owner:"
         self._rate_once = redis.register_script(_RATE_ONCE)
         self.max_entries = max_entries
 
@@ -215,15 +216,31 @@ class TrafficLog:
             pipe.set(self.index_prefix + exchange.answer_id, track, ex=ANSWER_INDEX_TTL_S)
             await pipe.execute()
 
-    async def feedback(self, answer_id: str, rating: str, comment: str) -> str:
-        """Record a rating; returns the track that gave the answer (for the canary's numbers)."""
+    async def own(self, answer_id: str, owner: str) -> None:
+        """Record the client (an API key's name, or "local") that got an answer: only it may rate the answer."""
+        await self.redis.set(self.owner_prefix + answer_id, owner, ex=ANSWER_INDEX_TTL_S)
+
+    async def feedback(self, answer_id: str, rating: str, comment: str, *, rater: str, admin: bool = False) -> str:
+        """Record a rating by `rater` (an API key's name, or "local"), who must be the client that got the
+        answer, unless `admin`; returns the track that gave the answer (for the canary's numbers)."""
         if rating not in RATINGS:
             raise InvalidArgument("rating must be good or bad", reason="INVALID_RATING", field="rating")
         if len(comment) > 2000:
             raise InvalidArgument("comment is over 2,000 characters", reason="COMMENT_TOO_LONG", field="comment")
-        answered_by = await self.redis.get(self.index_prefix + answer_id) if answer_id else None
+        answered_by, owner = (
+            await self.redis.mget([self.index_prefix + answer_id, self.owner_prefix + answer_id])
+            if answer_id
+            else (None, None)
+        )
         if answered_by is None:
             raise NotFound(f"no answer {answer_id!r} in the traffic log", reason="ANSWER_NOT_FOUND", field="answer_id")
+        # An answer logged before owners were recorded has none: anyone may rate it, once.
+        if not admin and owner is not None and as_text(owner) != rater:
+            raise PermissionDenied(
+                f"answer {answer_id!r} was given to another client; only it (or the admin) may rate it",
+                reason="NOT_YOUR_ANSWER",
+                field="answer_id",
+            )
         # One rating per answer: a repeated "bad" would otherwise retire patterns, drop training examples and
         # steer the canary as many times as someone cares to send it.
         # The mark and the stream entry are written in one atomic step: never a mark without its rating.

@@ -1,4 +1,5 @@
-"""The admin API (/admin/*): budget, canary share and adapter reload; the router checks the bearer token."""
+"""The admin API (/admin/*): budget, client API keys, canary share and adapter reload; the router checks the
+bearer token."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ router = APIRouter(prefix="/admin")
 @router.get("/budget", summary="Today's cloud and training spend against the daily pool (admin token)")
 async def budget(stubs: Stubs, metadata: AdminMetadata) -> JSONResponse:
     reply = await stubs.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=metadata)
+    return JSONResponse(
+        json_format.MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    )
+
+
+@router.get(
+    "/keys", summary="Every client API key: its limits and today's spend, reservations and requests (admin token)"
+)
+async def keys(stubs: Stubs, metadata: AdminMetadata) -> JSONResponse:
+    reply = await stubs.admin.ListApiKeys(admin_pb2.ListApiKeysRequest(), metadata=metadata)
     return JSONResponse(
         json_format.MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     )

@@ -8,7 +8,7 @@ from google.protobuf import json_format
 
 from gateway.convert import checked_chat
 from gateway.schemas import FeedbackBody, OrchestrateBody, VoteBody
-from gateway.state import CallMetadata, CallTimeout, ChatLimits, Stubs
+from gateway.state import CallTimeout, ChatLimits, ClientMetadata, Stubs
 from spiral.router.v1 import router_pb2
 
 RATINGS = {"good": router_pb2.RATING_GOOD, "bad": router_pb2.RATING_BAD}
@@ -18,7 +18,7 @@ router = APIRouter()
 
 @router.post("/orchestrate", summary="Answer through the cascade; the reply carries the decision trace")
 async def orchestrate(
-    body: OrchestrateBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits, timeout: CallTimeout
+    body: OrchestrateBody, stubs: Stubs, metadata: ClientMetadata, limits: ChatLimits, timeout: CallTimeout
 ) -> JSONResponse:
     chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Orchestrate(
@@ -31,7 +31,7 @@ async def orchestrate(
 
 @router.post("/vote", summary="Run the council alone; every candidate with its score, best first")
 async def vote(
-    body: VoteBody, stubs: Stubs, metadata: CallMetadata, limits: ChatLimits, timeout: CallTimeout
+    body: VoteBody, stubs: Stubs, metadata: ClientMetadata, limits: ChatLimits, timeout: CallTimeout
 ) -> JSONResponse:
     chat = checked_chat(body.messages, body, limits)
     reply = await stubs.router.Vote(
@@ -41,7 +41,7 @@ async def vote(
 
 
 @router.post("/feedback", summary="Rate an earlier answer by its answer_id (good or bad)")
-async def feedback(body: FeedbackBody, stubs: Stubs, metadata: CallMetadata) -> JSONResponse:
+async def feedback(body: FeedbackBody, stubs: Stubs, metadata: ClientMetadata) -> JSONResponse:
     reply = await stubs.router.SubmitFeedback(
         router_pb2.SubmitFeedbackRequest(
             answer_id=body.answer_id.removeprefix("chatcmpl-"), rating=RATINGS[body.rating], comment=body.comment

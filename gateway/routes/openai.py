@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from gateway.convert import checked_chat
 from gateway.errors import rpc_error_body
 from gateway.schemas import NO_OP_VALUES, ChatCompletionRequest
-from gateway.state import CallMetadata, CallTimeout, ChatLimits, Stubs
+from gateway.state import CallTimeout, ChatLimits, ClientMetadata, Stubs
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2
 from spiral_common import errors
@@ -46,7 +46,7 @@ async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
     stubs: Stubs,
-    metadata: CallMetadata,
+    metadata: ClientMetadata,
     limits: ChatLimits,
     timeout: CallTimeout,
 ) -> Response:

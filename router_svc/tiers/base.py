@@ -18,6 +18,7 @@ from typing import Protocol
 
 from router_svc.council import Candidate
 from router_svc.deadline import NO_DEADLINE, time_left_s
+from spiral_common.api_keys import LOCAL_PRINCIPAL, ApiKey
 from spiral_common.chat import ChatRequest
 from spiral_common.enums import Outcome, Tier, Track
 
@@ -110,6 +111,8 @@ class CascadeRequest:
     # The caller's deadline (a time.monotonic() instant; infinity for none): a tier takes no longer than
     # `time_left_s()` gives it.
     deadline: float = NO_DEADLINE
+    # The client: its key's budget scope goes with every cloud reservation ("local" when it came without a key).
+    client: ApiKey = LOCAL_PRINCIPAL
     # Set by the cache tier: the adapter version now serving this track, and the key to store the answer under.
     adapter_version: str = ""
     cache_key: str = ""

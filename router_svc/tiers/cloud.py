@@ -1,5 +1,9 @@
-"""The cloud tier: a paid provider answers when local fell short, under the per-request cap and the daily
-pool (the cost guard is `router_svc.cloud.CloudFallback`)."""
+"""The cloud tier: a paid provider answers when local fell short, under the per-request cap, the client key's
+daily budget and the daily pool (the cost guard is `router_svc.cloud.CloudFallback`).
+
+A key whose budget is spent still gets answers from the free tiers before this one (cache, patterns, council):
+only when none of them answered does this tier refuse, with KEY_BUDGET_EXCEEDED, as it refuses with
+BUDGET_EXCEEDED when the pool is spent."""
 
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ class CloudTier:
         attempts: list[Attempt] = []
         try:
             key = f"{request.request_id}:{request_digest(request.chat)[:16]}"
-            cloud = await self.cloud.answer(request.chat, attempts, request.deadline, key)
+            cloud = await self.cloud.answer(request.chat, attempts, request.deadline, key, (request.client.scope,))
         except DeadlineExceeded:
             self._steps(attempts)  # counted; the cascade traces the refusal
             raise
@@ -47,6 +51,8 @@ class CloudTier:
             self._steps(attempts)  # counted; the refusal itself is the cascade's to trace
             await self._publish_budget()
             self.metrics.budget_refusals.labels(exc.subject).inc()
+            if exc.reason == "KEY_BUDGET_EXCEEDED":
+                self.metrics.key_refusals.labels(request.client.name, exc.reason).inc()
             raise
         except Unavailable as exc:
             steps = self._steps(attempts)
@@ -55,6 +61,7 @@ class CloudTier:
             return
         await self._publish_budget()
         self.metrics.cloud_spend.inc(cloud.cost_usd_micros / 1e6)
+        self.metrics.key_spend.labels(request.client.name).inc(cloud.cost_usd_micros / 1e6)
         reply = cloud.reply
         yield TierResult(
             Tier.CLOUD,

@@ -92,6 +92,9 @@ class FakeLog:
     async def append(self, exchange: TrafficExchange) -> None:
         self.appended.append(exchange)
 
+    async def own(self, answer_id: str, owner: str) -> None:
+        self.owners = {**getattr(self, "owners", {}), answer_id: owner}
+
 
 class FakeCache:
     def __init__(self) -> None:

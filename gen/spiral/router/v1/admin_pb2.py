@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from spiral.common.v1 import track_pb2 as spiral_dot_common_dot_v1_dot_track__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspiral/router/v1/admin.proto\x12\x10spiral.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cspiral/common/v1/track.proto\"\x83\x01\n\x14ReloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x32\n\x06target\x18\x02 \x01(\x0e\x32\x1e.spiral.router.v1.ReloadTargetB\x02\x18\x01\x12&\n\x05track\x18\x03 \x01(\x0e\x32\x17.spiral.common.v1.Track\"j\n\x15ReloadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x04 \x01(\x03\"\x12\n\x10GetBudgetRequest\"\xe1\x01\n\x11GetBudgetResponse\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x17\n\x0fpool_usd_micros\x18\x02 \x01(\x03\x12\x18\n\x10spent_usd_micros\x18\x03 \x01(\x03\x12\x1b\n\x13reserved_usd_micros\x18\x04 \x01(\x03\x12\x1c\n\x14remaining_usd_micros\x18\x05 \x01(\x03\x12\"\n\x1aper_request_cap_usd_micros\x18\x06 \x01(\x03\x12-\n\tresets_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16GetCanaryWeightRequest\"*\n\x17GetCanaryWeightResponse\x12\x0f\n\x07percent\x18\x01 \x01(\r\")\n\x16SetCanaryWeightRequest\x12\x0f\n\x07percent\x18\x01 \x01(\r\"D\n\x17SetCanaryWeightResponse\x12\x18\n\x10previous_percent\x18\x01 \x01(\r\x12\x0f\n\x07percent\x18\x02 \x01(\r*b\n\x0cReloadTarget\x12\x1d\n\x19RELOAD_TARGET_UNSPECIFIED\x10\x00\x12\x15\n\x11RELOAD_TARGET_ALL\x10\x01\x12\x18\n\x14RELOAD_TARGET_CANARY\x10\x02\x1a\x02\x18\x01\x32\x96\x03\n\x0c\x41\x64minService\x12`\n\rReloadAdapter\x12&.spiral.router.v1.ReloadAdapterRequest\x1a\'.spiral.router.v1.ReloadAdapterResponse\x12T\n\tGetBudget\x12\".spiral.router.v1.GetBudgetRequest\x1a#.spiral.router.v1.GetBudgetResponse\x12\x66\n\x0fGetCanaryWeight\x12(.spiral.router.v1.GetCanaryWeightRequest\x1a).spiral.router.v1.GetCanaryWeightResponse\x12\x66\n\x0fSetCanaryWeight\x12(.spiral.router.v1.SetCanaryWeightRequest\x1a).spiral.router.v1.SetCanaryWeightResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cspiral/router/v1/admin.proto\x12\x10spiral.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cspiral/common/v1/track.proto\"\x83\x01\n\x14ReloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x32\n\x06target\x18\x02 \x01(\x0e\x32\x1e.spiral.router.v1.ReloadTargetB\x02\x18\x01\x12&\n\x05track\x18\x03 \x01(\x0e\x32\x17.spiral.common.v1.Track\"j\n\x15ReloadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x04 \x01(\x03\"\x12\n\x10GetBudgetRequest\"\xe1\x01\n\x11GetBudgetResponse\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x17\n\x0fpool_usd_micros\x18\x02 \x01(\x03\x12\x18\n\x10spent_usd_micros\x18\x03 \x01(\x03\x12\x1b\n\x13reserved_usd_micros\x18\x04 \x01(\x03\x12\x1c\n\x14remaining_usd_micros\x18\x05 \x01(\x03\x12\"\n\x1aper_request_cap_usd_micros\x18\x06 \x01(\x03\x12-\n\tresets_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x18\n\x16GetCanaryWeightRequest\"*\n\x17GetCanaryWeightResponse\x12\x0f\n\x07percent\x18\x01 \x01(\r\")\n\x16SetCanaryWeightRequest\x12\x0f\n\x07percent\x18\x01 \x01(\r\"D\n\x17SetCanaryWeightResponse\x12\x18\n\x10previous_percent\x18\x01 \x01(\r\x12\x0f\n\x07percent\x18\x02 \x01(\r\"\x14\n\x12ListApiKeysRequest\"\xe5\x01\n\x0b\x41piKeyUsage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x10\x64\x61ily_usd_micros\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x0b\n\x03rps\x18\x03 \x01(\x05\x12\x0e\n\x06models\x18\x04 \x03(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10spent_usd_micros\x18\x06 \x01(\x03\x12\x1b\n\x13reserved_usd_micros\x18\x07 \x01(\x03\x12\x10\n\x08requests\x18\x08 \x01(\x03\x42\x13\n\x11_daily_usd_micros\"O\n\x13ListApiKeysResponse\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12+\n\x04keys\x18\x02 \x03(\x0b\x32\x1d.spiral.router.v1.ApiKeyUsage*b\n\x0cReloadTarget\x12\x1d\n\x19RELOAD_TARGET_UNSPECIFIED\x10\x00\x12\x15\n\x11RELOAD_TARGET_ALL\x10\x01\x12\x18\n\x14RELOAD_TARGET_CANARY\x10\x02\x1a\x02\x18\x01\x32\xf2\x03\n\x0c\x41\x64minService\x12`\n\rReloadAdapter\x12&.spiral.router.v1.ReloadAdapterRequest\x1a\'.spiral.router.v1.ReloadAdapterResponse\x12T\n\tGetBudget\x12\".spiral.router.v1.GetBudgetRequest\x1a#.spiral.router.v1.GetBudgetResponse\x12\x66\n\x0fGetCanaryWeight\x12(.spiral.router.v1.GetCanaryWeightRequest\x1a).spiral.router.v1.GetCanaryWeightResponse\x12\x66\n\x0fSetCanaryWeight\x12(.spiral.router.v1.SetCanaryWeightRequest\x1a).spiral.router.v1.SetCanaryWeightResponse\x12Z\n\x0bListApiKeys\x12$.spiral.router.v1.ListApiKeysRequest\x1a%.spiral.router.v1.ListApiKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELOADTARGET']._serialized_options = b'\030\001'
   _globals['_RELOADADAPTERREQUEST'].fields_by_name['target']._loaded_options = None
   _globals['_RELOADADAPTERREQUEST'].fields_by_name['target']._serialized_options = b'\030\001'
-  _globals['_RELOADTARGET']._serialized_start=786
-  _globals['_RELOADTARGET']._serialized_end=884
+  _globals['_RELOADTARGET']._serialized_start=1121
+  _globals['_RELOADTARGET']._serialized_end=1219
   _globals['_RELOADADAPTERREQUEST']._serialized_start=114
   _globals['_RELOADADAPTERREQUEST']._serialized_end=245
   _globals['_RELOADADAPTERRESPONSE']._serialized_start=247
@@ -55,6 +55,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCANARYWEIGHTREQUEST']._serialized_end=714
   _globals['_SETCANARYWEIGHTRESPONSE']._serialized_start=716
   _globals['_SETCANARYWEIGHTRESPONSE']._serialized_end=784
-  _globals['_ADMINSERVICE']._serialized_start=887
-  _globals['_ADMINSERVICE']._serialized_end=1293
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=786
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=806
+  _globals['_APIKEYUSAGE']._serialized_start=809
+  _globals['_APIKEYUSAGE']._serialized_end=1038
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1040
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1119
+  _globals['_ADMINSERVICE']._serialized_start=1222
+  _globals['_ADMINSERVICE']._serialized_end=1720
 # @@protoc_insertion_point(module_scope)

@@ -87,3 +87,35 @@ class SetCanaryWeightResponse(_message.Message):
     previous_percent: int
     percent: int
     def __init__(self, previous_percent: _Optional[int] = ..., percent: _Optional[int] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ApiKeyUsage(_message.Message):
+    __slots__ = ("name", "daily_usd_micros", "rps", "models", "created_at", "spent_usd_micros", "reserved_usd_micros", "requests")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DAILY_USD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    RPS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_USD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_USD_MICROS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    daily_usd_micros: int
+    rps: int
+    models: _containers.RepeatedScalarFieldContainer[str]
+    created_at: _timestamp_pb2.Timestamp
+    spent_usd_micros: int
+    reserved_usd_micros: int
+    requests: int
+    def __init__(self, name: _Optional[str] = ..., daily_usd_micros: _Optional[int] = ..., rps: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spent_usd_micros: _Optional[int] = ..., reserved_usd_micros: _Optional[int] = ..., requests: _Optional[int] = ...) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("day", "keys")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    keys: _containers.RepeatedCompositeFieldContainer[ApiKeyUsage]
+    def __init__(self, day: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[ApiKeyUsage, _Mapping]]] = ...) -> None: ...

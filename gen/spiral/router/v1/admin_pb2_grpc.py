@@ -56,6 +56,11 @@ class AdminServiceStub:
                 request_serializer=spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightRequest.SerializeToString,
                 response_deserializer=spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightResponse.FromString,
                 _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/spiral.router.v1.AdminService/ListApiKeys',
+                request_serializer=spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -91,6 +96,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiKeys(self, request, context):
+        """ListApiKeys reports every client API key with its limits and today's
+        use (never a secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SetCanaryWeight,
                     request_deserializer=spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightRequest.FromString,
                     response_serializer=spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +243,33 @@ class AdminService:
             '/spiral.router.v1.AdminService/SetCanaryWeight',
             spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightRequest.SerializeToString,
             spiral_dot_router_dot_v1_dot_admin__pb2.SetCanaryWeightResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spiral.router.v1.AdminService/ListApiKeys',
+            spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysRequest.SerializeToString,
+            spiral_dot_router_dot_v1_dot_admin__pb2.ListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
