@@ -201,7 +201,7 @@ class Cascade:
             trace,
             model,
         )
-        await self.traffic.append(self._exchange(request, model, result, answer))
+        self.traffic.submit(self._exchange(request, model, result, answer))  # written in the background
         self.metrics.requests.labels(result.tier.label).inc()
         self.metrics.request_latency.labels(result.tier.label).observe(trace.total_latency_us / 1e6)
         log.info(

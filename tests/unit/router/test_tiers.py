@@ -89,8 +89,9 @@ class FakeLog:
     def __init__(self) -> None:
         self.appended: list[TrafficExchange] = []
 
-    async def append(self, exchange: TrafficExchange) -> None:
+    def submit(self, exchange: TrafficExchange) -> bool:
         self.appended.append(exchange)
+        return True
 
 
 class FakeCache:
