@@ -148,6 +148,10 @@ def _supervisor_env(values: dict[str, str]) -> str:
     return ",".join(f"{key}={quote(value)}" for key, value in values.items())
 
 
+# Each Redis server's ACL file (in the run directory; the keys of the Kubernetes Secret `spiral-redis-acl`).
+REDIS_ACL_FILES = {redis_access.Instance.STATE: "redis.acl", redis_access.Instance.CACHE: "redis-cache.acl"}
+
+
 def programs(settings: Settings, python: str) -> list[Program]:
     run = settings.run_path
     promoter = (
@@ -269,10 +273,7 @@ def render_redis_acls(settings: Settings, secrets_file: Path) -> None:
     missing = [redis_access.password_variable(user) for user, password in passwords.items() if not password]
     if missing:
         raise ConfigError(f"{secrets_file} has no {', '.join(missing)}: every Redis user needs a password")
-    for instance, name in (
-        (redis_access.Instance.STATE, "redis.acl"),
-        (redis_access.Instance.CACHE, "redis-cache.acl"),
-    ):
+    for instance, name in REDIS_ACL_FILES.items():
         _write_private(
             settings.run_path / name, redis_access.acl_file(settings.redis.redis_prefix, passwords, instance)
         )

@@ -28,7 +28,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from spiral.common.v1 import chat_pb2
 from spiral.traffic.v1 import traffic_pb2
@@ -296,24 +296,31 @@ class TrafficLog:
                 batch.append(self._queue.get_nowait())
             try:
                 await self._write_with_retries(batch)
+            except Exception:  # the writer must outlive any one batch, or `flush` would wait for ever
+                self._lost(batch)
             finally:
                 for exchange in batch:
                     self._pending.discard(exchange.answer_id)
                     self._queue.task_done()
 
     async def _write_with_retries(self, batch: list[traffic_pb2.TrafficExchange]) -> None:
-        for pause in (*WRITE_RETRY_S, None):
+        """Write a batch; a connection that failed is tried again after a pause, a command Redis refused
+        (out of memory: the state server never evicts) is not."""
+        for pause in WRITE_RETRY_S:
             try:
                 await self._write(batch)
                 return
+            except ResponseError:
+                raise
             except RedisError:
-                if pause is None:
-                    log.exception("traffic log write failed; exchanges lost", extra={"exchanges": len(batch)})
-                    for _ in batch:
-                        self._on_event("lost")
-                    return
                 log.warning("traffic log write failed; retrying", extra={"retry_in_s": pause}, exc_info=True)
                 await asyncio.sleep(pause)
+        await self._write(batch)
+
+    def _lost(self, batch: list[traffic_pb2.TrafficExchange]) -> None:
+        log.exception("traffic log write failed; exchanges lost", extra={"exchanges": len(batch)})
+        for _ in batch:
+            self._on_event("lost")
 
     def _dropped(self, answer_id: str) -> None:
         self._on_event("dropped")

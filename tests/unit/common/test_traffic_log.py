@@ -96,3 +96,16 @@ async def test_texts_are_stored_as_compact_utf8(redis_client, prefix):
     ((_, raw),) = await redis_client.xrange(stream_key(prefix))
     assert "日本語で".encode() in raw[b"exchange_pb"] and "ここ".encode() in raw[b"exchange_pb"]
     assert b"\\u" not in raw[b"exchange_pb"]
+
+
+async def test_a_batch_redis_refuses_is_counted_lost_and_the_writer_goes_on(redis_client, prefix):
+    events: Counter = Counter()
+    log = _log(redis_client, prefix, events)
+    await redis_client.set(stream_key(prefix), "not a stream")  # every XADD of the batch is refused
+    log.submit(logged_exchange("q", "a"))
+    await log.flush()
+    assert events["lost"] == 1
+    await redis_client.delete(stream_key(prefix))
+    log.submit(logged_exchange("q2", "a2"))
+    await log.close()
+    assert await redis_client.xlen(stream_key(prefix)) == 1 and events["written"] == 1

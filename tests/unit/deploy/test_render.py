@@ -193,3 +193,18 @@ def test_each_redis_user_gets_a_password_and_the_acl_files_hold_only_their_hashe
     assert "user miner " in state and "user miner " not in cache  # the cache server: routers and operators only
     assert not any(p in state or p in cache for p in passwords.values())
     assert render_all(settings) and (run / "secrets.env").read_text().count("SPIRAL_REDIS_ROUTER_PASSWORD=") == 1
+
+
+def test_the_kubernetes_acl_files_are_rendered_from_a_secrets_file(tmp_path, capsys):
+    from deploy.redis_acl import main
+    from spiral_common.redis_access import USERS, password_variable
+
+    secrets_env = tmp_path / "secrets.env"
+    secrets_env.write_text("".join(f"{password_variable(user)}=pw-{user}\n" for user in USERS))
+    assert main(["--secrets", str(secrets_env), "--out", str(tmp_path / "acl")]) == 0
+    for name in ("redis.acl", "redis-cache.acl"):
+        path = tmp_path / "acl" / name
+        assert path.stat().st_mode & 0o777 == 0o600 and "user default off" in path.read_text()
+    secrets_env.write_text("SPIRAL_REDIS_ROUTER_PASSWORD=x\n")
+    assert main(["--secrets", str(secrets_env), "--out", str(tmp_path / "acl")]) == 2
+    assert "SPIRAL_REDIS_MINER_PASSWORD" in capsys.readouterr().err
