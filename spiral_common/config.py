@@ -138,10 +138,6 @@ class RedisSettings:
         """The state server, without a user (spiral_common.redis_access.connect adds the service's)."""
         return f"redis://{self.redis_addr}/0"
 
-    @property
-    def redis_cache_url(self) -> str:
-        return f"redis://{self.redis_cache_addr}/0"
-
 
 @dataclass(frozen=True)
 class EnvoySettings:
