@@ -217,7 +217,8 @@ class TrafficBounds:
 
 # Exchanges the background writer sends in one pipeline at most (one round trip each batch).
 WRITE_BATCH = 256
-# Writes of a batch Redis refused or failed are retried after these pauses, then the batch is counted as lost.
+# A batch whose connection failed is tried again after each of these pauses, then counted as lost; a batch Redis
+# refused (out of memory, a wrong type) is counted as lost at once.
 WRITE_RETRY_S = (0.1, 0.5, 2.0)
 # Per-entry bytes Redis keeps beside the payload (id, field names, answer id), for the byte bound.
 ENTRY_OVERHEAD_BYTES = 64
