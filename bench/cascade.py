@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
-from redis.asyncio import Redis
 
 from bench.miner import DEFAULT_DATA, load_vectors
 from deploy.gate.load import cache_request, grpc_load, rest_load
@@ -45,6 +44,7 @@ from deploy.platform import Platform, free_port_env
 from miner_svc.mining import Example, MinerConfig, MiningInput, mine_patterns
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2
+from spiral_common import redis_access
 from spiral_common.config import Settings, load_settings
 from spiral_common.pattern_set import PatternIndex, PatternSet, PatternStore, is_negated
 
@@ -123,7 +123,7 @@ def pattern_prompts(settings: Settings, data: Path, cache: Path | None, mine_sha
 
 
 async def publish(settings: Settings, patterns: PatternSet) -> int:
-    redis = Redis.from_url(settings.redis.redis_url)
+    redis = redis_access.operator_client(settings)
     try:
         return await PatternStore(redis, prefix=settings.redis.redis_prefix).publish(patterns)
     finally:

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import grpc
-import redis.asyncio as aioredis
 
 from deploy.gate.fake_cloud import FakeCloud, providers_json
 from deploy.platform import free_ports
@@ -37,6 +36,7 @@ from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
+from spiral_common import redis_access
 from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Message
@@ -135,7 +135,7 @@ async def main(args: argparse.Namespace) -> dict:
             "SPIRAL_DISTILL_EVAL_MAX_TOKENS": "16",
         }
     )
-    redis = aioredis.from_url(settings.redis.redis_url)
+    redis = redis_access.operator_client(settings)
     model_path = embedded_model_path()
     system = load_heads(settings.head.heads_file)[0].system_prompt
     recipe = {k: v for k, v in vars(args).items() if k != "json"}

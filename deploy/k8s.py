@@ -6,7 +6,8 @@ each pod binds its own listeners on 0.0.0.0 (an env override in its Deployment) 
 `spiral-<service>.<namespace>.svc.<cluster domain>:<the profile's port>`. Callers reach the heads through
 Envoy, whose head cluster resolves the heads' headless Service (one address per head pod), so the heads
 scale horizontally without the router knowing them. Secrets are referenced by name (`spiral-secrets`, an env
-file mounted where SPIRAL_ENV_FILE points), never rendered.
+file mounted where SPIRAL_ENV_FILE points; `spiral-redis-acl`, the two Redis servers' ACL files, rendered from it
+by `python -m deploy.redis_acl`), never rendered here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from spiral_common.config import REPO_ROOT, Address, Settings, load_settings, se
 OVERLAYS = ("cpu", "gpu")
 SECRET_NAME = "spiral-secrets"
 SECRET_KEY = "secrets.env"
+# The Redis servers' ACL files (deploy.redis_acl renders them from the secrets env file; docs/deploy.md).
+REDIS_ACL_SECRET = "spiral-redis-acl"
+REDIS_ACL_DIR = "/etc/redis-acl"
+REDIS_COMPONENTS = ("redis", "redis-cache")
 # Where a pod's writable state lives (emptyDir or a volume): the root filesystem is read-only.
 RUN_DIR = "/var/lib/spiral"
 ADAPTERS_DIR = "/var/lib/spiral-adapters"
@@ -116,7 +121,11 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         adapters_dir=ADAPTERS_DIR,
         liveness_interval_s=0.0,  # the kubelet's probes replace the one-box watchdog
         client_auth="keys",  # the gateway listens on every interface of its pod: every client needs an API key
-        redis=dataclasses.replace(s.redis, redis_addr=at("redis", s.redis.redis_addr)),
+        redis=dataclasses.replace(
+            s.redis,
+            redis_addr=at("redis", s.redis.redis_addr),
+            redis_cache_addr=at("redis-cache", s.redis.redis_cache_addr),
+        ),
         # Promotion runs as `make promote` against the cluster, not as a program beside the services.
         envoy=dataclasses.replace(s.envoy, envoy_addr=envoy, promotion_interval_s=0),
         gateway=dataclasses.replace(s.gateway, gateway_addr=at("gateway", s.gateway.gateway_addr)),
@@ -186,7 +195,7 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
             },
             replicas=2 if track == "main" else 1,
             resources=Resources("500m", "1Gi", "2", "2Gi"),
-            calls=("envoy", "redis"),
+            calls=("envoy", "redis", "redis-cache"),
             internet_https=True,
             headless=True,  # Envoy health-checks and balances over each router pod
         )
@@ -206,20 +215,56 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
                 "yes",
                 "--save",
                 "",
-                # Only pods the NetworkPolicy lets in can connect; the services speak to it without a password.
+                # Only pods the NetworkPolicy lets in can connect, and each logs in as its own user.
                 "--protected-mode",
                 "no",
+                "--aclfile",
+                f"{REDIS_ACL_DIR}/redis.acl",
                 "--maxmemory",
                 f"{s.redis.redis_max_memory_mb}mb",
+                # Money, jobs and training data: never evicted; a write beyond the cap is refused instead.
                 "--maxmemory-policy",
-                "volatile-lru",
+                "noeviction",
             ],
             port=s.redis.redis_addr.port,
+            # Up is up: without a login the answer is NOAUTH, and redis-cli exits 0 on it.
             exec_probe=["redis-cli", "-p", str(s.redis.redis_addr.port), "ping"],
             resources=Resources(
                 "250m", f"{s.redis.redis_max_memory_mb + 128}Mi", "1", f"{s.redis.redis_max_memory_mb * 2}Mi"
             ),
             workload="StatefulSet",
+        ),
+        Component(
+            name="redis-cache",
+            image=REDIS_IMAGE,
+            command=[
+                "redis-server",
+                "--port",
+                str(s.redis.redis_cache_addr.port),
+                "--dir",
+                "/tmp",
+                # The routers' answers only: nothing kept on disk, the least recently used evicted first.
+                "--appendonly",
+                "no",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
+                "--aclfile",
+                f"{REDIS_ACL_DIR}/redis-cache.acl",
+                "--maxmemory",
+                f"{s.redis.redis_cache_max_memory_mb}mb",
+                "--maxmemory-policy",
+                "allkeys-lru",
+            ],
+            port=s.redis.redis_cache_addr.port,
+            exec_probe=["redis-cli", "-p", str(s.redis.redis_cache_addr.port), "ping"],
+            resources=Resources(
+                "100m",
+                f"{s.redis.redis_cache_max_memory_mb + 64}Mi",
+                "1",
+                f"{s.redis.redis_cache_max_memory_mb * 2}Mi",
+            ),
         ),
         Component(
             name="envoy",
@@ -347,8 +392,10 @@ def _container(c: Component, settings: Settings) -> dict[str, Any]:
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "containerPort": c.metrics_port})
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
-    if c.name == "redis":
-        mounts.append({"name": "data", "mountPath": "/data"})
+    if c.name in REDIS_COMPONENTS:
+        mounts.append({"name": "redis-acl", "mountPath": REDIS_ACL_DIR, "readOnly": True})
+        if c.name == "redis":
+            mounts.append({"name": "data", "mountPath": "/data"})
     elif c.name == "envoy":
         mounts.append({"name": "envoy-config", "mountPath": "/etc/envoy", "readOnly": True})
     else:
@@ -379,7 +426,7 @@ def _container(c: Component, settings: Settings) -> dict[str, Any]:
         },
         "volumeMounts": mounts,
     }
-    if c.name not in ("redis", "envoy"):
+    if c.name not in (*REDIS_COMPONENTS, "envoy"):
         container["envFrom"] = [{"configMapRef": {"name": "spiral-settings"}}]
         container["env"] = [{"name": k, "value": v} for k, v in c.env.items()]
     return container
@@ -389,7 +436,12 @@ def _volumes(c: Component) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     if c.name == "envoy":
         volumes.append({"name": "envoy-config", "configMap": {"name": "spiral-envoy"}})
-    elif c.name != "redis":
+    elif c.name in REDIS_COMPONENTS:
+        # The operator creates it from the secrets env file (docs/deploy.md); the pod waits until it exists.
+        volumes.append(
+            {"name": "redis-acl", "secret": {"secretName": REDIS_ACL_SECRET, "optional": False, "defaultMode": 0o440}}
+        )
+    else:
         volumes += [
             {"name": "run", "emptyDir": {"sizeLimit": "20Gi" if c.name == "trainer" else "1Gi"}},
             {"name": "files", "configMap": {"name": "spiral-files"}},

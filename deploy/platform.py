@@ -80,7 +80,8 @@ def _redis_ping(host: str, port: int) -> str:
     try:
         with socket.create_connection((host, port), timeout=1) as sock:
             sock.sendall(b"PING\r\n")
-            return "SERVING" if sock.recv(16).startswith(b"+PONG") else "NOT_SERVING"
+            # A server that asks for a login (the platform's: no `default` user) is up all the same.
+            return "SERVING" if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")) else "NOT_SERVING"
     except OSError as exc:
         return f"UNREACHABLE ({exc.__class__.__name__})"
 
@@ -169,10 +170,11 @@ class Platform:
 
     def checks(self) -> list[Check]:
         s = self.settings
-        redis, admin = s.redis.redis_addr, s.envoy.envoy_admin_addr
+        redis, cache, admin = s.redis.redis_addr, s.redis.redis_cache_addr, s.envoy.envoy_admin_addr
         gateway, observability = s.gateway.gateway_addr, s.observability
         return [
             Check("redis", _redis_ping(redis.host, redis.port), f"redis://{redis}"),
+            Check("redis-cache", _redis_ping(cache.host, cache.port), f"redis://{cache}"),
             Check("head", grpc_health(s.head.head_addr, "spiral.head.v1.HeadService"), s.head.head_addr),
             Check(
                 "router-main",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import jinja2
 
-from spiral_common import canary
+from spiral_common import canary, redis_access
 from spiral_common.auth import secrets_file
-from spiral_common.config import REPO_ROOT, Address, Settings, load_settings, settings_env
+from spiral_common.config import REPO_ROOT, Address, ConfigError, Settings, load_settings, settings_env
 from spiral_common.specs import secret
 
 RULES_FILE = REPO_ROOT / "observability" / "rules" / "spiral.rules.yml"
@@ -148,6 +148,10 @@ def _supervisor_env(values: dict[str, str]) -> str:
     return ",".join(f"{key}={quote(value)}" for key, value in values.items())
 
 
+# Each Redis server's ACL file (in the run directory; the keys of the Kubernetes Secret `spiral-redis-acl`).
+REDIS_ACL_FILES = {redis_access.Instance.STATE: "redis.acl", redis_access.Instance.CACHE: "redis-cache.acl"}
+
+
 def programs(settings: Settings, python: str) -> list[Program]:
     run = settings.run_path
     promoter = (
@@ -163,15 +167,23 @@ def programs(settings: Settings, python: str) -> list[Program]:
     fatal = (FATAL_CONFIG_EXIT,)
     envoy = shutil.which("envoy", path=str(Path(python).parent)) or shutil.which("envoy") or "envoy"
     redis = shutil.which("redis-server") or "redis-server"
-    redis_addr = settings.redis.redis_addr
+    redis_addr, cache_addr = settings.redis.redis_addr, settings.redis.redis_cache_addr
     observability = settings.observability
     return [
         Program(
             "redis",
             f"{redis} --bind {redis_addr.host} --port {redis_addr.port} --dir {run}/redis "
-            f"--appendonly yes --save '' --daemonize no --protected-mode yes "
-            # Only keys with a TTL (cache entries) may be evicted; budget and queue keys have none.
-            f"--maxmemory {settings.redis.redis_max_memory_mb}mb --maxmemory-policy volatile-lru",
+            f"--aclfile {run}/redis.acl --appendonly yes --save '' --daemonize no --protected-mode yes "
+            # Money, jobs and training data: never evicted; a write beyond the cap is refused instead.
+            f"--maxmemory {settings.redis.redis_max_memory_mb}mb --maxmemory-policy noeviction",
+            10,
+        ),
+        Program(
+            "redis-cache",
+            f"{redis} --bind {cache_addr.host} --port {cache_addr.port} --dir {run}/redis-cache "
+            f"--aclfile {run}/redis-cache.acl --appendonly no --save '' --daemonize no --protected-mode yes "
+            # The routers' answers only: the least recently used go first; a restart starts it empty.
+            f"--maxmemory {settings.redis.redis_cache_max_memory_mb}mb --maxmemory-policy allkeys-lru",
             10,
         ),
         Program("head", f"{python} -m head_svc", 20, fatal_exit_codes=fatal),
@@ -231,8 +243,8 @@ def render_supervisord(settings: Settings, python: str, secrets_file: Path | Non
 
 def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = None) -> Path:
     """The env file the services read secrets from: SPIRAL_ENV_FILE if set, else one in the run
-    directory, created (mode 0600) with a random admin token and service token on first use; a file of our own
-    from before the service token gets one appended."""
+    directory, created (mode 0600) with a random admin token, service token and Redis users' passwords on first
+    use; a file of our own from before one of them gets it appended."""
     env = os.environ if environ is None else environ
     path = secrets_file(settings, env)
     if env.get("SPIRAL_ENV_FILE"):
@@ -248,7 +260,23 @@ def ensure_secrets_file(settings: Settings, environ: dict[str, str] | None = Non
     if "SPIRAL_SERVICE_TOKEN=" not in path.read_text():
         with path.open("a") as fh:
             fh.write(f"SPIRAL_SERVICE_TOKEN={secrets.token_urlsafe(32)}\n")
+    missing = [v for v in map(redis_access.password_variable, redis_access.USERS) if f"{v}=" not in path.read_text()]
+    if missing:
+        with path.open("a") as fh:
+            fh.writelines(f"{variable}={secrets.token_urlsafe(32)}\n" for variable in missing)
     return path
+
+
+def render_redis_acls(settings: Settings, secrets_file: Path) -> None:
+    """Write each Redis server's ACL file (users by their password's SHA-256) into the run directory."""
+    passwords = redis_access.passwords_from({"SPIRAL_ENV_FILE": str(secrets_file)})
+    missing = [redis_access.password_variable(user) for user, password in passwords.items() if not password]
+    if missing:
+        raise ConfigError(f"{secrets_file} has no {', '.join(missing)}: every Redis user needs a password")
+    for instance, name in REDIS_ACL_FILES.items():
+        _write_private(
+            settings.run_path / name, redis_access.acl_file(settings.redis.redis_prefix, passwords, instance)
+        )
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -265,10 +293,11 @@ def render_all(settings: Settings, python: str = sys.executable) -> Path:
     and what is in it are its owner's alone (0700 directories, 0600 files; supervisord starts every service
     with umask 077, so Redis's data and every log are made so too)."""
     run = settings.run_path
-    for directory in (run, run / "logs", run / "redis"):
+    for directory in (run, run / "logs", run / "redis", run / "redis-cache"):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
     secrets_file = ensure_secrets_file(settings)
+    render_redis_acls(settings, secrets_file)
     _write_private(run / "envoy.yaml", render_envoy(settings))
     _write_private(run / "prometheus.yml", render_prometheus(settings))
     _write_private(run / "alertmanager.yml", render_alertmanager(settings, {"SPIRAL_ENV_FILE": str(secrets_file)}))

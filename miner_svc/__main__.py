@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import redis.asyncio as aioredis
-
 from miner_svc.server import MinerDeps, create_server
+from spiral_common import redis_access
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.embedding import SentenceEncoder, single_threaded_blas
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
@@ -18,7 +17,7 @@ async def main() -> None:
     settings = load_settings()
     configure_logging("miner", settings.log_level)
     single_threaded_blas()  # MatchPrompt; and mining shares the box with the routers and the heads
-    redis = aioredis.from_url(settings.redis.redis_url)
+    redis = redis_access.connect(settings, "miner")
     encoder = SentenceEncoder(threads=settings.miner.miner_embed_threads)
     runtime = create_server(settings, MinerDeps(redis=redis, encoder=encoder))
     start_metrics_server(

@@ -7,11 +7,11 @@ import logging
 import sys
 
 import grpc
-import redis.asyncio as aioredis
 
 from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
+from spiral_common import redis_access
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.embedding import single_threaded_blas
 from spiral_common.enums import Track
@@ -35,7 +35,8 @@ async def main() -> None:
                 "cloud provider disabled: %s is not set", provider.api_key_env, extra={"provider": provider.name}
             )
     channel = grpc.aio.insecure_channel(settings.head.head_addr)
-    redis = aioredis.from_url(settings.redis.redis_url)
+    redis = redis_access.connect(settings, "router")
+    cache_redis = redis_access.connect(settings, "router", redis_access.Instance.CACHE)
     deps = RouterDeps(
         heads=GrpcHeadClient(
             channel,
@@ -44,6 +45,7 @@ async def main() -> None:
             service_token=secret("SPIRAL_SERVICE_TOKEN"),
         ),
         redis=redis,
+        cache_redis=cache_redis,
         cloud_client=OpenAICompatibleClient(
             keys, usable, timeout_s=settings.cloud.cloud_timeout_s, stall_timeout_s=settings.cloud.cloud_stall_timeout_s
         ),
@@ -61,6 +63,7 @@ async def main() -> None:
     async def close() -> None:
         await channel.close()
         await redis.aclose()
+        await cache_redis.aclose()
 
     await serve_until_signalled(runtime, settings.shutdown_grace_s, on_stop=close)
 

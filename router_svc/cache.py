@@ -12,9 +12,11 @@ from spiral_common.chat import ChatRequest
 
 # One round trip: read the adapter version now serving this router's heads, then the entry of the
 # request under that version. An adapter change therefore never serves an answer of the old one.
-# KEYS[1]: adapter version key. ARGV[1]: entry key prefix, ARGV[2]: request digest.
+# KEYS[1]: adapter version key. ARGV[1]: entry key prefix, ARGV[2]: request digest. The version is nil (false)
+# when the cache server does not have it (it restarted empty, or evicted it): no entry is read then.
 _LOOKUP = """
-local version = redis.call('GET', KEYS[1]) or ''
+local version = redis.call('GET', KEYS[1])
+if not version then return {false, false} end
 return {version, redis.call('GET', ARGV[1] .. version .. ':' .. ARGV[2])}
 """
 
@@ -44,10 +46,16 @@ def request_digest(chat: ChatRequest) -> str:
 
 
 class AnswerCache:
-    """Exact-match answers with a TTL. Payloads are JSON (never pickle); errors are never stored."""
+    """Exact-match answers with a TTL. Payloads are JSON (never pickle); errors are never stored.
 
-    def __init__(self, redis: Redis, *, prefix: str, track: str, ttl_s: int) -> None:
+    The answers live on the cache server (which may evict anything), beside a copy of the adapter versions
+    their keys are made with; the versions themselves live on the state server (`versions`). A lookup that
+    finds no copy reads the state server's version, puts the copy back (unless an adapter switch did first)
+    and counts as a miss."""
+
+    def __init__(self, redis: Redis, *, prefix: str, track: str, ttl_s: int, versions: Redis | None = None) -> None:
         self.redis = redis
+        self.versions = versions or redis
         self.entry_prefix = f"{prefix}cache:"
         self.version_key = f"{prefix}adapter_version:{track}"
         self.ttl_s = ttl_s
@@ -57,6 +65,10 @@ class AnswerCache:
         """(the answer or None, the adapter version now serving, the entry key to store under)."""
         digest = request_digest(chat)
         version, raw = await self._lookup(keys=[self.version_key], args=[self.entry_prefix, digest])
+        if version is None:
+            version = await self.versions.get(self.version_key) or b""
+            await self.redis.set(self.version_key, version, nx=True)
+            raw = None
         version = version.decode() if isinstance(version, bytes) else version
         key = f"{self.entry_prefix}{version}:{digest}"
         return (CachedAnswer(**json.loads(raw)) if raw else None), version, key
@@ -66,11 +78,16 @@ class AnswerCache:
 
 
 class AdapterVersions:
-    """The adapter version each track's heads serve, as the cache key reads it (`adapter_version:<track>`)."""
+    """The adapter version each track's heads serve, as the cache key reads it (`adapter_version:<track>`): on
+    the state server, and its copy on the cache server (`cache`, when that is another server)."""
 
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, cache: Redis | None = None) -> None:
         self.redis = redis
+        self.cache = cache if cache is not None and cache is not redis else None
         self.prefix = prefix
 
     async def set(self, version: str, tracks: tuple[str, ...]) -> None:
-        await self.redis.mset({f"{self.prefix}adapter_version:{track}": version for track in tracks})
+        versions = {f"{self.prefix}adapter_version:{track}": version for track in tracks}
+        await self.redis.mset(versions)
+        if self.cache is not None:
+            await self.cache.mset(versions)

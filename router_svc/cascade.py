@@ -211,8 +211,8 @@ class Cascade:
             trace,
             model,
         )
-        await self.traffic.append(self._exchange(request, model, result, answer))
-        await self.traffic.own(answer.answer_id, request.client.name)  # only this client may rate it
+        # Written in the background, with the client that got the answer: only it (or the admin) may rate it.
+        self.traffic.submit(self._exchange(request, model, result, answer), owner=request.client.name)
         self.metrics.requests.labels(result.tier.label).inc()
         self.metrics.request_latency.labels(result.tier.label).observe(trace.total_latency_us / 1e6)
         held_back = self.answer_log.admit(result.tier.label)

@@ -37,6 +37,13 @@ class RouterMetrics:
             buckets=TIER_BUCKETS,
             registry=registry,
         )
+        self.traffic_log = Counter(
+            "spiral_traffic_log_exchanges_total",
+            "Exchanges given to the traffic log, by what became of them: written, stripped (over the entry cap: "
+            "written without their texts), dropped (the queue was full), lost (Redis refused the write).",
+            ["event"],
+            registry=registry,
+        )
         self.cache_lookups = Counter(
             "spiral_cache_lookups_total", "Cache lookups by result (hit, miss).", ["result"], registry=registry
         )

@@ -34,7 +34,7 @@ from spiral_common.grpc_service import ServiceRuntime, build_server, service_reg
 from spiral_common.logs import LogRate
 from spiral_common.pattern_set import PatternStore
 from spiral_common.specs import CloudProvider, council_members, load_heads
-from spiral_common.traffic import TrafficLog
+from spiral_common.traffic import TrafficBounds, TrafficLog
 
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["RouterService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -45,11 +45,13 @@ class RouterDeps:
     """What the router talks to: the heads, Redis, and the cloud (client and providers that have keys)."""
 
     heads: HeadClient
-    redis: Redis
+    redis: Redis  # the state server
     cloud_client: ProviderClient
     providers: list[CloudProvider]
     admin_token: str = ""
     clock: Callable[[], datetime] = field(default=utc_now)
+    # The answer cache's server (None: the state server, as in the tests).
+    cache_redis: Redis | None = None
     # Builds the sentence encoder for mined patterns (called once, when the first live pattern set appears).
     encoder_factory: Callable[[], BatchEncoder] | None = None
 
@@ -71,11 +73,25 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         clock=deps.clock,
     )
     traffic = TrafficLog(
-        deps.redis, prefix=settings.redis.redis_prefix, max_entries=settings.router.traffic_log_max_entries
+        deps.redis,
+        prefix=settings.redis.redis_prefix,
+        max_entries=settings.router.traffic_log_max_entries,
+        bounds=TrafficBounds(
+            max_entries=settings.router.traffic_log_max_entries,
+            max_age_s=settings.router.traffic_log_max_age_days * 86400,
+            max_bytes=settings.router.traffic_log_max_mb * 1024 * 1024,
+            max_entry_bytes=settings.router.traffic_log_max_entry_kb * 1024,
+        ),
+        queue_size=settings.router.traffic_log_queue_size,
+        on_event=lambda event: metrics.traffic_log.labels(event).inc(),
     )
     track = Track.from_label(settings.router.track)
     cache = AnswerCache(
-        deps.redis, prefix=settings.redis.redis_prefix, track=track.label, ttl_s=settings.router.cache_ttl_s
+        deps.cache_redis or deps.redis,
+        prefix=settings.redis.redis_prefix,
+        track=track.label,
+        ttl_s=settings.router.cache_ttl_s,
+        versions=deps.redis,
     )
     council = Council(
         deps.heads,
@@ -137,7 +153,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         deps.admin_token,
         settings.budget.per_request_cap_usd_micros,
         deps.heads,
-        AdapterVersions(deps.redis, prefix=settings.redis.redis_prefix),
+        AdapterVersions(deps.redis, prefix=settings.redis.redis_prefix, cache=deps.cache_redis),
         settings,
         keys,
     )
@@ -146,7 +162,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         router_pb2_grpc.add_RouterServiceServicer_to_server(router, server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
 
-    return build_server(
+    runtime = build_server(
         domain="router.spiral",
         host=settings.router.router_addr(settings.router.track).host,
         port=settings.router.router_addr(settings.router.track).port if port is None else port,
@@ -154,3 +170,5 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         add_servicers=add,
         registry=registry,
     )
+    runtime.background_stops.append(traffic.close)  # on SIGTERM, after the last call: the queue is written out
+    return runtime

@@ -118,19 +118,25 @@ def _is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """The Redis server every service keeps its state in."""
+    """The two Redis servers: the state (money, jobs, patterns, traffic log; never evicts) and the router's answer
+    cache (evicts the least recently used). Each service logs in as its own user: spiral_common.redis_access."""
 
     redis_addr: Address = _addr("127.0.0.1:6390", 1)
+    # The answer cache's server: allkeys-lru, no persistence, nothing else in it.
+    redis_cache_addr: Address = _addr("127.0.0.1:6391", 1)
     # Every key the platform writes starts with this prefix.
     redis_prefix: str = "spiral:"
-    # Memory cap of the Redis server, MiB; only cache entries (which carry a TTL) are evicted.
+    # Memory cap of the state server, MiB: it never evicts (noeviction); a write beyond the cap is refused.
     redis_max_memory_mb: int = field(default=512, metadata={"min": 16})
+    # Memory cap of the cache server, MiB: beyond it the least recently used answers are evicted.
+    redis_cache_max_memory_mb: int = field(default=256, metadata={"min": 16})
 
     def __post_init__(self) -> None:
         _check(self)
 
     @property
     def redis_url(self) -> str:
+        """The state server, without a user (spiral_common.redis_access.connect adds the service's)."""
         return f"redis://{self.redis_addr}/0"
 
 
@@ -217,8 +223,14 @@ class RouterSettings:
     council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     # Deadline the router gives a head for a whole answer, seconds.
     head_deadline_s: float = field(default=120.0, metadata={"min": 0.1})
-    # Traffic log: the Redis stream keeps about this many exchanges.
+    # Traffic log: the Redis stream keeps about this many exchanges, none older than this many days, and about
+    # this many MiB (entries over the entry cap, KiB, are logged without their texts); see spiral_common.traffic.
     traffic_log_max_entries: int = field(default=100_000, metadata={"min": 100})
+    traffic_log_max_age_days: int = field(default=14, metadata={"min": 1})
+    traffic_log_max_mb: int = field(default=128, metadata={"min": 1})
+    traffic_log_max_entry_kb: int = field(default=256, metadata={"min": 1})
+    # Traffic log: exchanges waiting for the background writer; beyond this an exchange is dropped and counted.
+    traffic_log_queue_size: int = field(default=10_000, metadata={"min": 1})
     # The "answered" log line: at most this many per second and tier (the next line says how many were held
     # back; the request metrics stay exact); 0: one line per answer.
     answer_log_per_s: float = field(default=20.0, metadata={"min": 0.0})

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -237,12 +237,19 @@ class ServiceRuntime:
     health: health.aio.HealthServicer
     registry: CollectorRegistry
     service_names: tuple[str, ...]
+    # What to stop once the server has stopped, in order (background writers that drain what they hold).
+    background_stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start accepting calls, reporting NOT_SERVING until `set_serving(True)` (the health
         servicer would otherwise answer SERVING for the whole server from the first moment)."""
         await self.set_serving(False)
         await self.server.start()
+
+    async def stop_background(self) -> None:
+        """Stop the background work (after `server.stop`: no call is adding to it any more)."""
+        for stop in self.background_stops:
+            await stop()
 
     async def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -303,7 +310,8 @@ async def serve_until_signalled(
     runtime: ServiceRuntime, grace_s: float, on_stop: Callable[[], Awaitable[None]] | None = None
 ) -> None:
     """Report SERVING on a started server until SIGTERM/SIGINT, then drain: NOT_SERVING, then let in-flight
-    calls finish within the grace period; calls still running then are cancelled.
+    calls finish within the grace period (calls still running then are cancelled), then stop the background
+    work (which drains: the router's traffic log queue), then `on_stop`.
 
     The process exits within `grace_s + EXIT_MARGIN_S` of the signal whatever its threads do: a thread stuck in
     native code (a llama.cpp call, a blocking client) is abandoned with os._exit after that, and logged."""
@@ -318,6 +326,7 @@ async def serve_until_signalled(
     _exit_after(grace_s + EXIT_MARGIN_S)
     await runtime.health.enter_graceful_shutdown()
     await runtime.server.stop(grace_s)
+    await runtime.stop_background()
     if on_stop is not None:
         await on_stop()
     log.info("stopped")

@@ -7,26 +7,36 @@ its own entry (`kind` = "feedback") naming the answer it rates, so the stream st
 written before the message existed carry a JSON object under `exchange`; `exchange_from_json` reads them
 (the one migration path), as `schema_version` 0.
 
+The stream is bounded by count, age and bytes (`TrafficBounds`), and stores compact bytes: the message's
+strings are plain UTF-8 in protobuf's binary form, a rating's fields plain UTF-8 (no JSON, no \\u escapes).
+The routers append off the reply path, through a bounded queue one writer drains (`TrafficLog.submit`).
+
 Which exchanges teach is decided once, by the router when it writes (`teaches`), from the tier that
 answered: see `spiral_common.enums.TEACHING_TIERS`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from spiral.common.v1 import chat_pb2
 from spiral.traffic.v1 import traffic_pb2
 from spiral_common.enums import TEACHING_TIERS, Tier, Track
 from spiral_common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from spiral_common.redis_values import as_bytes, as_text
+
+log = logging.getLogger("spiral.traffic")
 
 SCHEMA_VERSION = 1
 ANSWER_INDEX_TTL_S = 7 * 24 * 3600  # feedback is accepted for a week after the answer
@@ -190,10 +200,51 @@ return 1
 """
 
 
-class TrafficLog:
-    """The routers' side: append exchanges and ratings; the answer index says which track gave an answer."""
+@dataclass(frozen=True)
+class TrafficBounds:
+    """How much the stream keeps: about `max_entries` entries, none older than `max_age_s`, about `max_bytes` of
+    payload; an exchange over `max_entry_bytes` is logged without its texts (never teaches).
 
-    def __init__(self, redis: Redis, *, prefix: str, max_entries: int) -> None:
+    Count and age are Redis's own trims (XADD MAXLEN ~, XTRIM MINID ~). Bytes: each writer keeps a moving
+    average of the payloads it writes and trims to `max_bytes / average` entries when that is fewer than
+    `max_entries`; with the entry cap, no one exchange can take more than its share."""
+
+    max_entries: int
+    max_age_s: int = 14 * 24 * 3600
+    max_bytes: int = 128 * 1024 * 1024
+    max_entry_bytes: int = 256 * 1024
+
+
+# Exchanges the background writer sends in one pipeline at most (one round trip each batch).
+WRITE_BATCH = 256
+# A batch whose connection failed is tried again after each of these pauses, then counted as lost; a batch Redis
+# refused (out of memory, a wrong type) is counted as lost at once.
+WRITE_RETRY_S = (0.1, 0.5, 2.0)
+# Per-entry bytes Redis keeps beside the payload (id, field names, answer id), for the byte bound.
+ENTRY_OVERHEAD_BYTES = 64
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class TrafficLog:
+    """The routers' side: append exchanges and ratings; the answer index says which track gave an answer.
+
+    `submit` is the reply path's append: it puts the exchange on a bounded queue and returns at once; one
+    background task writes what is queued in batches (one pipeline each: the entries, their answer index keys,
+    one trim by age). When the queue is full the exchange is dropped and counted (`on_event("dropped")`, a
+    warning every 10 s): a reply is never held up by the log. `close` writes out everything queued (the
+    router calls it on SIGTERM, after its last call finished), so a graceful stop loses nothing. `append`
+    writes at once and returns when Redis has it (tools and tests)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        max_entries: int,
+        bounds: TrafficBounds | None = None,
+        queue_size: int = 10_000,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.stream = stream_key(prefix)
         self.index_prefix = f"{prefix}answer:"
@@ -201,24 +252,131 @@ class TrafficLog:
         self.owner_prefix = f"{prefix}answer_owner:"
         self._rate_once = redis.register_script(_RATE_ONCE)
         self.max_entries = max_entries
+        self.bounds = bounds or TrafficBounds(max_entries)
+        self._queue: asyncio.Queue[traffic_pb2.TrafficExchange] = asyncio.Queue(queue_size)
+        self._pending: dict[str, str] = {}  # answer ids queued and not yet written, to their owners
+        self._writer: asyncio.Task[None] | None = None
+        self._on_event = on_event or (lambda event: None)
+        self._average_bytes = 0.0
+        self._dropped_since_log = 0
+        self._last_drop_log = 0.0
 
-    async def append(self, exchange: traffic_pb2.TrafficExchange) -> None:
+    async def append(self, exchange: traffic_pb2.TrafficExchange, owner: str = "") -> None:
+        """Write one exchange now; `owner`: the client that got the answer (an API key's name, or "local"), the
+        only one that may rate it ("": anyone may, once)."""
+        await self._write([exchange], {exchange.answer_id: owner})
+
+    def submit(self, exchange: traffic_pb2.TrafficExchange, owner: str = "") -> bool:
+        """Queue one exchange (and its `owner`, as in `append`) for the background writer; False when the queue
+        was full and it was dropped."""
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="traffic-log-writer")
+        try:
+            self._queue.put_nowait(exchange)
+        except asyncio.QueueFull:
+            self._dropped(exchange.answer_id)
+            return False
+        self._pending[exchange.answer_id] = owner
+        return True
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is written (or counted as lost)."""
+        if self._writer is not None and not self._writer.done():
+            await self._queue.join()
+
+    async def close(self) -> None:
+        """Write out the queue, then stop the writer."""
+        await self.flush()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < WRITE_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write_with_retries(batch, {e.answer_id: self._pending.get(e.answer_id, "") for e in batch})
+            except Exception:  # the writer must outlive any one batch, or `flush` would wait for ever
+                self._lost(batch)
+            finally:
+                for exchange in batch:
+                    self._pending.pop(exchange.answer_id, None)
+                    self._queue.task_done()
+
+    async def _write_with_retries(self, batch: list[traffic_pb2.TrafficExchange], owners: dict[str, str]) -> None:
+        """Write a batch; a connection that failed is tried again after a pause, a command Redis refused
+        (out of memory: the state server never evicts) is not."""
+        for pause in WRITE_RETRY_S:
+            try:
+                await self._write(batch, owners)
+                return
+            except ResponseError:
+                raise
+            except RedisError:
+                log.warning("traffic log write failed; retrying", extra={"retry_in_s": pause}, exc_info=True)
+                await asyncio.sleep(pause)
+        await self._write(batch, owners)
+
+    def _lost(self, batch: list[traffic_pb2.TrafficExchange]) -> None:
+        log.exception("traffic log write failed; exchanges lost", extra={"exchanges": len(batch)})
+        for _ in batch:
+            self._on_event("lost")
+
+    def _dropped(self, answer_id: str) -> None:
+        self._on_event("dropped")
+        self._dropped_since_log += 1
+        now = time.monotonic()
+        if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "traffic log queue full; exchanges dropped",
+                extra={"dropped": self._dropped_since_log, "answer_id": answer_id, "queue_size": self._queue.maxsize},
+            )
+            self._dropped_since_log, self._last_drop_log = 0, now
+
+    def _payload(self, exchange: traffic_pb2.TrafficExchange) -> bytes:
+        """The exchange's bytes (protobuf: strings as plain UTF-8), stripped of its texts when over the cap."""
         exchange.schema_version = SCHEMA_VERSION
         exchange.ts_ms = exchange.ts_ms or int(time.time() * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(
-                self.stream,
-                {"kind": "exchange", "answer_id": exchange.answer_id, "exchange_pb": exchange.SerializeToString()},
-                maxlen=self.max_entries,
-                approximate=True,
-            )
-            track = Track(exchange.track).label if exchange.track else Track.MAIN.label
-            pipe.set(self.index_prefix + exchange.answer_id, track, ex=ANSWER_INDEX_TTL_S)
-            await pipe.execute()
+        payload = exchange.SerializeToString()
+        if len(payload) > self.bounds.max_entry_bytes:
+            stripped = traffic_pb2.TrafficExchange()
+            stripped.CopyFrom(exchange)
+            for message in stripped.messages:
+                message.content = ""
+            stripped.answer, stripped.teaches = "", False  # an answer without its prompt teaches nothing
+            payload = stripped.SerializeToString()
+            self._on_event("stripped")
+        return payload
 
-    async def own(self, answer_id: str, owner: str) -> None:
-        """Record the client (an API key's name, or "local") that got an answer: only it may rate the answer."""
-        await self.redis.set(self.owner_prefix + answer_id, owner, ex=ANSWER_INDEX_TTL_S)
+    def _max_length(self, payload_bytes: int) -> int:
+        """Entries the stream may keep: the count bound, or fewer when entries this size would pass the bytes."""
+        size = payload_bytes + ENTRY_OVERHEAD_BYTES
+        self._average_bytes = size if not self._average_bytes else 0.99 * self._average_bytes + 0.01 * size
+        return max(1, min(self.bounds.max_entries, int(self.bounds.max_bytes / self._average_bytes)))
+
+    async def _write(self, batch: list[traffic_pb2.TrafficExchange], owners: dict[str, str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for exchange in batch:
+                payload = self._payload(exchange)
+                pipe.xadd(
+                    self.stream,
+                    {"kind": "exchange", "answer_id": exchange.answer_id, "exchange_pb": payload},
+                    maxlen=self._max_length(len(payload)),
+                    approximate=True,
+                )
+                track = Track(exchange.track).label if exchange.track else Track.MAIN.label
+                pipe.set(self.index_prefix + exchange.answer_id, track, ex=ANSWER_INDEX_TTL_S)
+                if owners.get(exchange.answer_id):  # only this client (or the admin) may rate the answer
+                    pipe.set(self.owner_prefix + exchange.answer_id, owners[exchange.answer_id], ex=ANSWER_INDEX_TTL_S)
+            oldest_ms = int(time.time() * 1000) - self.bounds.max_age_s * 1000
+            pipe.xtrim(self.stream, minid=f"{oldest_ms}-0", approximate=True)
+            await pipe.execute()
+        for _ in batch:
+            self._on_event("written")
 
     async def feedback(self, answer_id: str, rating: str, comment: str, *, rater: str, admin: bool = False) -> str:
         """Record a rating by `rater` (an API key's name, or "local"), who must be the client that got the
@@ -227,6 +385,8 @@ class TrafficLog:
             raise InvalidArgument("rating must be good or bad", reason="INVALID_RATING", field="rating")
         if len(comment) > 2000:
             raise InvalidArgument("comment is over 2,000 characters", reason="COMMENT_TOO_LONG", field="comment")
+        if answer_id in self._pending:  # rated before the writer got to it
+            await self.flush()
         answered_by, owner = (
             await self.redis.mget([self.index_prefix + answer_id, self.owner_prefix + answer_id])
             if answer_id

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import redis.asyncio as aioredis
-
+from spiral_common import redis_access
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
@@ -19,7 +18,7 @@ from trainer_svc.server import TrainerDeps, create_trainer
 async def main() -> None:
     settings = load_settings()
     configure_logging("trainer", settings.log_level)
-    redis = aioredis.from_url(settings.redis.redis_url)
+    redis = redis_access.connect(settings, "trainer")
     publisher = AdminPublisher(settings.envoy.envoy_addr, secret("SPIRAL_ADMIN_TOKEN"))
     deps = TrainerDeps(
         redis=redis,

@@ -1,9 +1,10 @@
 """`make test-images`: the built images serve a question, with the rest of the platform on this machine.
 
-Starts Redis and Envoy from this machine (as `make up` does), the head from `spiral-head`, both routers and
-the gateway from `spiral-gateway-router` (podman, host network, read-only root filesystem, UID 10001), all
-on free loopback ports of the quick_test profile; waits until every one is SERVING, asks the gateway one
-question, prints the answer and its tier, and removes everything it started. Needs `make images` first.
+Starts both Redis servers (without logins: its secrets hold no Redis password) and Envoy from this machine,
+the head from `spiral-head`, both routers and the gateway from `spiral-gateway-router` (podman, host network,
+read-only root filesystem, UID 10001), all on free loopback ports of the quick_test profile; waits until every
+one is SERVING, asks the gateway one question, prints the answer and its tier, and removes everything it
+started. Needs `make images` first.
 """
 
 from __future__ import annotations
@@ -93,11 +94,11 @@ def run(stack: ExitStack, settings: Settings, tmp: Path, tag: str) -> dict[str, 
         stack.callback(proc.terminate)
 
     s = settings
-    redis = s.redis.redis_addr
-    process(
-        ["redis-server", "--bind", redis.host, "--port", str(redis.port), "--save", "", "--appendonly", "no"],
-        "redis.log",
-    )
+    for name, redis in (("redis", s.redis.redis_addr), ("redis-cache", s.redis.redis_cache_addr)):
+        process(
+            ["redis-server", "--bind", redis.host, "--port", str(redis.port), "--save", "", "--appendonly", "no"],
+            f"{name}.log",
+        )
     (tmp / "envoy.yaml").write_text(render_envoy(s))
     envoy = str(Path(sys.executable).parent / "envoy")
     base_id = str(tmp / "envoy.base-id")

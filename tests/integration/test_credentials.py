@@ -7,12 +7,12 @@ import asyncio
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common import redis_access
 from spiral_common.auth import bearer, operator_token
 from spiral_common.specs import secret
 from tests.helpers import reason_of
@@ -55,7 +55,7 @@ def _direct(platform, name: str) -> str:
 
 def _jobs(platform) -> int:
     async def count() -> int:
-        client = aioredis.from_url(platform.settings.redis.redis_url)
+        client = redis_access.operator_client(platform.settings)
         try:
             return int(await client.xlen(f"{platform.settings.redis.redis_prefix}jobs"))
         finally:

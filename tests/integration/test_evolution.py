@@ -12,11 +12,11 @@ import sys
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from spiral.common.v1 import chat_pb2
 from spiral.head.v1 import head_pb2, head_pb2_grpc
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from spiral_common import redis_access
 from spiral_common.auth import bearer, operator_token
 from spiral_common.config import settings_env
 from spiral_common.traffic import TrafficLog
@@ -33,7 +33,7 @@ def taught_traffic(platform):
 
     async def log() -> None:
         s = platform.settings
-        redis = aioredis.from_url(s.redis.redis_url)
+        redis = redis_access.operator_client(s)
         traffic = TrafficLog(redis, prefix=s.redis.redis_prefix, max_entries=s.router.traffic_log_max_entries)
         for prompt in SECRET_PROMPTS:
             await traffic.append(logged_exchange(prompt, ANSWER))

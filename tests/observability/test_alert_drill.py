@@ -219,6 +219,7 @@ def _start_router(tmp_path, env) -> _Router:
             "SPIRAL_PROFILE": "quick_test",
             "SPIRAL_ROUTER_MAIN_ADDR": f"127.0.0.1:{port}",
             "SPIRAL_REDIS_ADDR": f"127.0.0.1:{redis_port}",
+            "SPIRAL_REDIS_CACHE_ADDR": f"127.0.0.1:{redis_port}",  # one bare Redis for both
             "SPIRAL_HEAD_ADDR": f"127.0.0.1:{heads_port}",
             "SPIRAL_CLOUD_PROVIDERS_FILE": str(tmp_path / "providers.json"),
             "FAKE_CLOUD_KEY": "k",

@@ -84,6 +84,11 @@ class Router:
     async def budget(self) -> admin_pb2.GetBudgetResponse:
         return await self.admin.GetBudget(admin_pb2.GetBudgetRequest(), metadata=ADMIN)
 
+    async def logged(self) -> list:
+        """The traffic stream's entries, once the router's background writer wrote out what it queued."""
+        await self.runtime.stop_background()
+        return await self.redis.xrange(f"{self.prefix}traffic")
+
 
 @pytest.fixture
 async def make_router(redis_client, prefix, providers_file, tmp_path):
@@ -124,6 +129,7 @@ async def make_router(redis_client, prefix, providers_file, tmp_path):
     for runtime, channel in started:
         await channel.close()
         await runtime.server.stop(None)
+        await runtime.stop_background()
 
 
 def ask(text="What is the capital of France?", **params) -> dict:
@@ -286,7 +292,7 @@ async def test_local_failure_falls_to_the_cloud_which_is_paid_and_logged(make_ro
     assert council.outcome == router_pb2.TIER_OUTCOME_FAILED
     budget = await router.budget()
     assert (budget.spent_usd_micros, budget.reserved_usd_micros) == (28, 0)
-    entries = await router.redis.xrange(f"{router.prefix}traffic")
+    entries = await router.logged()
     exchange = decode_entry(entries[-1][1])
     assert (exchange.tier, exchange.answer, exchange.teaches) == (router_pb2.TIER_CLOUD, reply.text, True)
     assert (exchange.cost_usd_micros, exchange.teacher, exchange.track) == (28, "primary", Track.MAIN)
@@ -303,7 +309,7 @@ async def test_a_cloud_answer_that_did_not_stop_naturally_is_served_but_never_ca
     router = await make_router(ScriptedHeads(DISAGREE))
     first = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=8)))
     assert (first.trace.tier, first.finish_reason) == (router_pb2.TIER_CLOUD, served)
-    exchange = decode_entry((await router.redis.xrange(f"{router.prefix}traffic"))[-1][1])
+    exchange = decode_entry((await router.logged())[-1][1])
     assert (exchange.finish_reason, exchange.teaches) == (served, False)
     again = await router.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask(max_tokens=8)))
     assert again.trace.tier == router_pb2.TIER_CLOUD  # not from the cache
@@ -356,7 +362,8 @@ async def test_an_answer_the_vote_rejected_is_logged_as_a_fallback_and_never_tea
     accepted = await make_router()  # the heads agree: the vote accepts
     vouched = await accepted.stub.Orchestrate(router_pb2.OrchestrateRequest(**ask("Capital of France?")))
     assert served.trace.tier == router_pb2.TIER_LOCAL_FALLBACK and vouched.trace.tier == router_pb2.TIER_COUNCIL
-
+    await rejected.logged()
+    await accepted.logged()
     logged = {e.answer_id: e async for _, e in read_entries(rejected.redis, stream_key(rejected.prefix))}
     assert logged[served.answer_id].tier == router_pb2.TIER_LOCAL_FALLBACK and not logged[served.answer_id].teaches
     assert logged[vouched.answer_id].tier == router_pb2.TIER_COUNCIL and logged[vouched.answer_id].teaches

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from deploy.images.requirements import requirements
-from deploy.k8s import SECRET_NAME, Target, render, write
+from deploy.k8s import REDIS_ACL_SECRET, SECRET_NAME, Target, render, write
 from spiral_common.config import REPO_ROOT, load_settings
 
 ENVOY = str(Path(sys.executable).parent / "envoy")
@@ -33,7 +33,10 @@ def _env(docs: list[dict]) -> dict[str, str]:
 def test_every_container_is_probed_limited_and_locked_down(overlay):
     workloads = _by_kind(_docs(overlay), *WORKLOADS)
     assert set(workloads) == {
-        f"spiral-{n}" for n in ("redis", "envoy", "gateway", "router-main", "router-canary", "head", "trainer", "miner")
+        f"spiral-{n}"
+        for n in (
+            *("redis", "redis-cache", "envoy", "gateway", "router-main", "router-canary", "head", "trainer", "miner"),
+        )
     }
     for name, workload in workloads.items():
         pod = workload["spec"]["template"]["spec"]
@@ -124,6 +127,7 @@ def test_network_policies_deny_by_default_and_let_clients_reach_only_the_gateway
         }
 
     assert callers("redis") == {"router-main", "router-canary", "trainer", "miner"}
+    assert callers("redis-cache") == {"router-main", "router-canary"}
     assert callers("head") == {"envoy"}
     assert callers("envoy") == {"gateway", "router-main", "router-canary", "trainer"}
     # Only the routers leave the cluster (the cloud tier, HTTPS).
@@ -140,6 +144,23 @@ def test_every_workload_has_a_disruption_budget_and_redis_keeps_its_data():
     assert "--appendonly" in redis["template"]["spec"]["containers"][0]["command"]
 
 
+def test_money_and_jobs_never_meet_eviction_and_both_redis_servers_need_a_login():
+    docs = _docs()
+    state = _by_kind(docs, "StatefulSet")["spiral-redis"]["spec"]["template"]["spec"]
+    cache = _by_kind(docs, "Deployment")["spiral-redis-cache"]["spec"]["template"]["spec"]
+    state_command, cache_command = state["containers"][0]["command"], cache["containers"][0]["command"]
+    assert state_command[state_command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert cache_command[cache_command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert cache_command[cache_command.index("--appendonly") + 1] == "no"
+    for pod, command in ((state, state_command), (cache, cache_command)):
+        acl = command[command.index("--aclfile") + 1]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "redis-acl")
+        assert acl.startswith(mount["mountPath"] + "/")
+        volume = next(v for v in pod["volumes"] if v["name"] == "redis-acl")
+        assert volume["secret"]["secretName"] == REDIS_ACL_SECRET
+    assert _env(docs)["SPIRAL_REDIS_CACHE_ADDR"] == "spiral-redis-cache.spiral.svc.cluster.local:6391"
+
+
 def test_no_secret_value_is_rendered_only_the_secrets_name(tmp_path):
     token = "do-not-render-this-token"
     docs = _docs(SPIRAL_ADMIN_TOKEN=token, MISTRAL_API_KEY=token)
@@ -151,7 +172,7 @@ def test_no_secret_value_is_rendered_only_the_secrets_name(tmp_path):
         for v in w["spec"]["template"]["spec"]["volumes"]
         if "secret" in v
     }
-    assert mounted == {SECRET_NAME}
+    assert mounted == {SECRET_NAME, REDIS_ACL_SECRET}
     assert _env(docs)["SPIRAL_ENV_FILE"].startswith("/etc/spiral-secrets/")
 
 

@@ -166,3 +166,45 @@ def test_the_run_directory_and_its_files_are_the_owners_alone(tmp_path):
     for path in [run, *run.rglob("*")]:
         assert path.stat().st_mode & 0o077 == 0, path
     assert "umask=077" in (run / "supervisord.conf").read_text()
+
+
+def test_two_redis_servers_run_money_and_jobs_apart_from_the_evictable_cache():
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test"})
+    conf = render_supervisord(settings, sys.executable)
+    state, cache = _program_section(conf, "redis")["command"], _program_section(conf, "redis-cache")["command"]
+    assert "--maxmemory-policy noeviction" in state and "--appendonly yes" in state
+    assert "--maxmemory-policy allkeys-lru" in cache and "--appendonly no" in cache
+    assert f"--port {settings.redis.redis_cache_addr.port}" in cache
+    assert f"{settings.run_path}/redis.acl" in state and f"{settings.run_path}/redis-cache.acl" in cache
+
+
+def test_each_redis_user_gets_a_password_and_the_acl_files_hold_only_their_hashes(tmp_path):
+    from deploy.render import render_all
+    from spiral_common.redis_access import USERS, password_variable
+    from spiral_common.specs import secret
+
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path / "run")})
+    run = render_all(settings)
+    env = {"SPIRAL_ENV_FILE": str(run / "secrets.env")}
+    passwords = {user: secret(password_variable(user), env) for user in USERS}
+    assert all(len(p) >= 32 for p in passwords.values())
+    state, cache = (run / "redis.acl").read_text(), (run / "redis-cache.acl").read_text()
+    assert "user default off" in state and "user default off" in cache
+    assert "user miner " in state and "user miner " not in cache  # the cache server: routers and operators only
+    assert not any(p in state or p in cache for p in passwords.values())
+    assert render_all(settings) and (run / "secrets.env").read_text().count("SPIRAL_REDIS_ROUTER_PASSWORD=") == 1
+
+
+def test_the_kubernetes_acl_files_are_rendered_from_a_secrets_file(tmp_path, capsys):
+    from deploy.redis_acl import main
+    from spiral_common.redis_access import USERS, password_variable
+
+    secrets_env = tmp_path / "secrets.env"
+    secrets_env.write_text("".join(f"{password_variable(user)}=pw-{user}\n" for user in USERS))
+    assert main(["--secrets", str(secrets_env), "--out", str(tmp_path / "acl")]) == 0
+    for name in ("redis.acl", "redis-cache.acl"):
+        path = tmp_path / "acl" / name
+        assert path.stat().st_mode & 0o777 == 0o600 and "user default off" in path.read_text()
+    secrets_env.write_text("SPIRAL_REDIS_ROUTER_PASSWORD=x\n")
+    assert main(["--secrets", str(secrets_env), "--out", str(tmp_path / "acl")]) == 2
+    assert "SPIRAL_REDIS_MINER_PASSWORD" in capsys.readouterr().err

@@ -88,12 +88,12 @@ class FakeTier:
 class FakeLog:
     def __init__(self) -> None:
         self.appended: list[TrafficExchange] = []
+        self.owners: dict[str, str] = {}
 
-    async def append(self, exchange: TrafficExchange) -> None:
+    def submit(self, exchange: TrafficExchange, owner: str = "") -> bool:
         self.appended.append(exchange)
-
-    async def own(self, answer_id: str, owner: str) -> None:
-        self.owners = {**getattr(self, "owners", {}), answer_id: owner}
+        self.owners[exchange.answer_id] = owner
+        return True
 
 
 class FakeCache:
