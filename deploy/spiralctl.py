@@ -11,7 +11,6 @@ import sys
 from datetime import UTC, datetime
 
 import grpc
-import redis.asyncio as aioredis
 
 from deploy.platform import Platform, PlatformError
 from deploy.render import ensure_secrets_file
@@ -19,6 +18,7 @@ from spiral.router.v1 import admin_pb2, admin_pb2_grpc
 from spiral_common.api_keys import CACHE_TTL_S, ApiKeyStore
 from spiral_common.config import ConfigError, Settings, load_settings
 from spiral_common.errors import InvalidArgument
+from spiral_common.redis_access import operator_client
 from spiral_common.specs import secret
 
 
@@ -55,7 +55,7 @@ def _canary(platform: Platform, percent: int | None) -> int:
 
 async def _api_keys(settings: Settings, args: argparse.Namespace) -> int:
     """Create, list or revoke client API keys, in the platform's Redis (the routers need not be running)."""
-    redis = aioredis.from_url(settings.redis.redis_url)
+    redis = operator_client(settings)  # as the operator: only it may create or revoke keys
     store = ApiKeyStore(redis, prefix=settings.redis.redis_prefix)
     try:
         if args.command == "api-keys":
