@@ -469,7 +469,7 @@ def main() -> None:
     parser.add_argument("--test-per-intent", type=int, default=0, help="at most N test prompts per intent (0: all)")
     parser.add_argument("--concurrency", type=int, default=8, help="clients replaying traffic and cheap-tier tests")
     parser.add_argument("--budget-s", type=int, default=900, help="the distillation's time budget")
-    parser.add_argument("--council-sample", type=int, default=200, help="cheap-tier misses asked of the council")
+    parser.add_argument("--council-sample", type=int, default=40, help="cheap-tier misses asked of the council")
     parser.add_argument("--council-time-s", type=float, default=600.0, help="no council prompt starts after this")
     parser.add_argument("--council-concurrency", type=int, default=2)
     parser.add_argument("--keep-run-dir", action="store_true", help="keep the platform's run directory and logs")
