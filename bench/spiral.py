@@ -8,9 +8,10 @@
      whose cloud providers are a stand-in teacher (FakeCloud) answering each prompt with its intent label;
      the council is off while teaching (SPIRAL_COUNCIL_HEADS=""), so the teacher answers all the traffic;
   3. replays the training traffic through the gateway (`POST /v1/chat/completions`, --concurrency clients),
-     mines it (MinerService/Mine with the operator's token), runs one distillation (TrainerService/SubmitJob
-     with --budget-s, followed to its end as `make evolution-once` does) and promotes its adapter on both tracks
-     through the admin path `make promote` uses (AdminService/ReloadAdapter, deploy.promote.GrpcPlatform);
+     mines it (MinerService/Mine on the miner's port, with the operator's token), runs one distillation
+     (TrainerService/SubmitJob with --budget-s, followed to its end as `make evolution-once` does) and promotes
+     its adapter on both tracks through the admin path `make promote` uses (AdminService/ReloadAdapter,
+     deploy.promote.GrpcPlatform);
   4. replays every test prompt with the council still off: the cheap tiers (cache, patterns) answer what they
      can, the teacher the rest;
   5. restarts the platform on the same run directory and Redis with every tier on, loads the promoted adapter
@@ -168,7 +169,9 @@ async def ask_all(
 
 
 def mine(settings: Settings, token: str) -> dict:
-    with grpc.insecure_channel(str(settings.envoy.envoy_addr)) as channel:
+    # On the miner's own port: a full-size run may mine for longer than Envoy lets a silent stream live
+    # (SPIRAL_ENVOY_STREAM_IDLE_TIMEOUT_S), and Mine checks the token there alike.
+    with grpc.insecure_channel(str(settings.miner.miner_addr)) as channel:
         reply = miner_pb2_grpc.MinerServiceStub(channel).Mine(
             miner_pb2.MineRequest(), metadata=bearer(token), timeout=3600
         )
