@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight api-key api-keys revoke-api-key promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner render k8s-render k8s-validate images test-images
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight api-key api-keys revoke-api-key promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner bench-spiral render k8s-render k8s-validate images test-images
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
@@ -112,7 +112,7 @@ pytest: bootstrap
 test-alerts-e2e: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/observability
 
-bench: bench-mesh bench-cascade bench-adapters bench-distill bench-miner
+bench: bench-mesh bench-cascade bench-adapters bench-distill bench-miner bench-spiral
 
 bench-adapters: bootstrap
 	$(PY) -m bench.adapters
@@ -124,6 +124,10 @@ bench-distill: bootstrap
 # The miner on banking77 (../shared/data/banking77/train.csv): cluster quality, pattern head, tier latency.
 bench-miner: bootstrap
 	$(PY) -m bench.miner
+
+# The whole loop on banking77 with unseen intents (teach, mine, distil, promote, serve): the bill against all-cloud.
+bench-spiral: bootstrap
+	$(PY) -m bench.spiral
 
 bench-mesh: bootstrap
 	$(PY) -m bench.mesh
