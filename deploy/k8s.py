@@ -3,10 +3,10 @@
 `python -m deploy.k8s --overlay cpu|gpu --out DIR` (`make k8s-render`) writes one file per service into DIR.
 Every address comes from the profile's settings with its host replaced by the service's cluster DNS name:
 each pod binds its own listeners on 0.0.0.0 (an env override in its Deployment) and reaches the others at
-`spiral-<service>.<namespace>.svc.<cluster domain>:<the profile's port>`. Callers reach the heads through
-Envoy, whose head cluster resolves the heads' headless Service (one address per head pod), so the heads
-scale horizontally without the router knowing them. Secrets are referenced by name (`spiral-secrets`, an env
-file mounted where SPIRAL_ENV_FILE points), never rendered.
+`spiral-<service>.<namespace>.svc.<cluster domain>:<the profile's port>`. The routers reach the heads through
+Envoy's internal listener, whose head cluster resolves the heads' headless Service (one address per head pod),
+so the heads scale horizontally without the router knowing them. Secrets are referenced by name
+(`spiral-secrets`, an env file mounted where SPIRAL_ENV_FILE points), never rendered.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class Component:
     internet_https: bool = False  # egress to any address on 443 (the cloud providers)
     open_to_clients: bool = False  # ingress from anywhere (the platform's one entry point)
     headless: bool = False
+    # More gRPC ports its callers may reach (Envoy's internal listener), beside `port`.
+    extra_ports: tuple[int, ...] = ()
     adapters: str = ""  # "rw", "ro" or "" : the adapter registry volume
     startup_s: int = 60  # how long the first SERVING may take (the head loads its model)
     workload: str = "Deployment"
@@ -110,6 +112,7 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         return _at(name, addr, namespace, domain)
 
     envoy = at("envoy", s.envoy.envoy_addr)
+    internal = at("envoy", s.envoy.envoy_internal_addr)
     return dataclasses.replace(
         s,
         run_dir=RUN_DIR,
@@ -118,7 +121,13 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         client_auth="keys",  # the gateway listens on every interface of its pod: every client needs an API key
         redis=dataclasses.replace(s.redis, redis_addr=at("redis", s.redis.redis_addr)),
         # Promotion runs as `make promote` against the cluster, not as a program beside the services.
-        envoy=dataclasses.replace(s.envoy, envoy_addr=envoy, promotion_interval_s=0),
+        envoy=dataclasses.replace(
+            s.envoy,
+            envoy_addr=envoy,
+            envoy_internal_addr=internal,
+            envoy_metrics_addr=at("envoy", s.envoy.envoy_metrics_addr),
+            promotion_interval_s=0,
+        ),
         gateway=dataclasses.replace(s.gateway, gateway_addr=at("gateway", s.gateway.gateway_addr)),
         router=dataclasses.replace(
             s.router,
@@ -129,7 +138,10 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         ),
         head=dataclasses.replace(
             s.head,
-            head_addr=envoy,  # every caller reaches the heads through Envoy's head cluster
+            # The heads' headless Service: Envoy's head cluster resolves it to every head pod (STRICT_DNS); the
+            # routers reach the heads through Envoy's internal listener.
+            head_addr=at("head", s.head.head_addr),
+            head_endpoints="",
             head_metrics_addr=at("head", s.head.head_metrics_addr),
             heads_file=f"{CONFIG_DIR}/heads.json",
         ),
@@ -149,12 +161,17 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
 
 
 def envoy_settings(settings: Settings, cluster: Settings, namespace: str, domain: str) -> Settings:
-    """What Envoy's config is rendered from: it listens on every interface, and its head cluster is the
-    heads' headless Service (STRICT_DNS: one endpoint per head pod)."""
+    """What Envoy's config is rendered from: it listens on every interface, its admin socket is in the pod's
+    /tmp, and its head cluster is the heads' headless Service (STRICT_DNS: one endpoint per head pod)."""
     return dataclasses.replace(
         cluster,
-        envoy=dataclasses.replace(cluster.envoy, envoy_addr=Address(f"0.0.0.0:{settings.envoy.envoy_addr.port}")),
-        head=dataclasses.replace(cluster.head, head_addr=_at("head", settings.head.head_addr, namespace, domain)),
+        envoy=dataclasses.replace(
+            cluster.envoy,
+            envoy_addr=Address(_any(settings.envoy.envoy_addr.port)),
+            envoy_internal_addr=Address(_any(settings.envoy.envoy_internal_addr.port)),
+            envoy_metrics_addr=Address(_any(settings.envoy.envoy_metrics_addr.port)),
+            envoy_admin_socket="/tmp/envoy-admin.sock",
+        ),
     )
 
 
@@ -227,6 +244,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
             # One Envoy per pod: a new config is a new pod (rollout), never a hot restart.
             command=["envoy", "-c", "/etc/envoy/envoy.yaml", "--log-level", "warn", "--disable-hot-restart"],
             port=s.envoy.envoy_addr.port,
+            extra_ports=(s.envoy.envoy_internal_addr.port,),
+            metrics_port=s.envoy.envoy_metrics_addr.port,
             # Ready when the routers behind it are: Envoy routes /grpc.health.v1. to them.
             health_service="spiral.router.v1.RouterService",
             replicas=2,
@@ -344,6 +363,7 @@ def _container(c: Component, settings: Settings) -> dict[str, Any]:
     ports = [{"name": "grpc" if c.health_service or c.exec_probe else "http", "containerPort": c.port}]
     if c.exec_probe:
         ports[0]["name"] = "redis"
+    ports += [{"name": f"grpc-{i}", "containerPort": p} for i, p in enumerate(c.extra_ports, start=2)]
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "containerPort": c.metrics_port})
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -464,6 +484,7 @@ def service(c: Component, namespace: str) -> dict[str, Any]:
     ports = [{"name": "grpc" if c.health_service else "http", "port": c.port, "targetPort": c.port}]
     if c.exec_probe:
         ports[0]["name"] = "redis"
+    ports += [{"name": f"grpc-{i}", "port": p, "targetPort": p} for i, p in enumerate(c.extra_ports, start=2)]
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "port": c.metrics_port, "targetPort": c.metrics_port})
     spec: dict[str, Any] = {"selector": _labels(c.name), "ports": ports}
@@ -508,7 +529,7 @@ def network_policy(c: Component, everyone: list[Component], namespace: str) -> d
         ingress.append(
             {
                 "from": [{"podSelector": {"matchLabels": _labels(name)}} for name in callers],
-                "ports": [{"protocol": "TCP", "port": c.port}],
+                "ports": [{"protocol": "TCP", "port": p} for p in (c.port, *c.extra_ports)],
             }
         )
     if c.metrics_port:
@@ -526,7 +547,7 @@ def network_policy(c: Component, everyone: list[Component], namespace: str) -> d
     egress: list[dict[str, Any]] = [
         {
             "to": [{"podSelector": {"matchLabels": _labels(name)}}],
-            "ports": [{"protocol": "TCP", "port": by_name[name].port}],
+            "ports": [{"protocol": "TCP", "port": p} for p in (by_name[name].port, *by_name[name].extra_ports)],
         }
         for name in c.calls
     ]
