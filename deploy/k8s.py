@@ -278,6 +278,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
                 "SPIRAL_HEAD_METRICS_ADDR": _any(s.head.head_metrics_addr.port),
                 # "One per CPU core" would count the node's cores, not the pod's CPU limit.
                 "SPIRAL_HEAD_THREADS": str(s.head.head_threads or HEAD_CPUS),
+                # Each head pod pulls adapters from the trainer into its own cache (in the run directory).
+                "SPIRAL_HEAD_ADAPTER_SOURCE": "trainer",
                 **head_gpu,
             },
             replicas=2,
@@ -285,7 +287,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
                 "2", "3Gi", str(HEAD_CPUS), f"{s.head.head_memory_cap_mb + 1024}Mi", gpus=1 if gpu else 0
             ),
             headless=True,
-            adapters="ro",
+            # FetchAdapter from the trainer; the shared record of what each head and track serves in Redis.
+            calls=("trainer", "redis"),
             startup_s=600,
         ),
         Component(
@@ -650,13 +653,12 @@ def namespace_manifest(namespace: str) -> dict[str, Any]:
 
 
 def adapters_claim(namespace: str) -> dict[str, Any]:
-    # The trainer writes the adapter registry and every head reads it: a volume many nodes mount at once
-    # (ReadWriteMany), until adapters travel over the network (issue 17, item 2).
+    # The trainer's adapter registry: only the trainer mounts it (the heads pull over FetchAdapter).
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": _meta("spiral-adapters", namespace, "adapters"),
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
     }
 
 

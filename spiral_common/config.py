@@ -57,6 +57,7 @@ _CHOICES = {
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
     "client_auth": ("keys", "off"),
+    "head_adapter_source": ("registry", "trainer"),
 }
 # The variables this version replaced: a profile or environment still setting one fails loudly.
 _REPLACED = {
@@ -271,6 +272,15 @@ class HeadSettings:
     head_gpu_memory_cap_mb: int = field(default=10752, metadata={"min": 1})
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
+    # Where a head gets adapter files: "registry" reads SPIRAL_ADAPTERS_DIR (one box: the trainer's folder);
+    # "trainer" pulls each version from the trainer (FetchAdapter, SPIRAL_TRAINER_ADDR) into its own cache,
+    # checked against the registry's SHA-256 record and the base model before it is loaded (heads on other hosts).
+    head_adapter_source: str = "registry"
+    # The pulled adapters' cache; empty means <run_dir>/adapter-cache.
+    head_adapter_cache_dir: str = ""
+    # Every head converges to the shared record of what each head and track serves this often, seconds (0: only
+    # at start). An adapter switch reaches one head replica; the others follow within this time.
+    head_adapter_sync_s: float = field(default=5.0, metadata={"min": 0.0})
 
     def __post_init__(self) -> None:
         _check(self)
@@ -486,6 +496,13 @@ class Settings:
         if not self.adapters_dir:
             return self.run_path / "adapters"
         path = Path(self.adapters_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def head_adapter_cache_path(self) -> Path:
+        if not self.head.head_adapter_cache_dir:
+            return self.run_path / "adapter-cache"
+        path = Path(self.head.head_adapter_cache_dir)
         return path if path.is_absolute() else REPO_ROOT / path
 
     @property

@@ -125,8 +125,9 @@ def test_network_policies_deny_by_default_and_let_clients_reach_only_the_gateway
             if "namespaceSelector" not in peer
         }
 
-    assert callers("redis") == {"router-main", "router-canary", "trainer", "miner"}
+    assert callers("redis") == {"router-main", "router-canary", "trainer", "miner", "head"}
     assert callers("head") == {"envoy"}
+    assert callers("trainer") == {"envoy", "head"}  # the heads pull adapters (FetchAdapter)
     assert callers("envoy") == {"gateway", "router-main", "router-canary", "trainer"}
     # Only the routers leave the cluster (the cloud tier, HTTPS).
     leaving = [n for n, p in policies.items() if any("ipBlock" in str(r) for r in p["spec"].get("egress", []))]
