@@ -173,7 +173,10 @@ def test_the_heads_are_a_balanced_health_checked_cluster_of_every_endpoint(tmp_p
     assert [(e["address"], e["port_value"]) for e in endpoints] == [("10.77.0.3", 50061), ("10.77.0.4", 50062)]
     assert (head["type"], head["lb_policy"]) == ("STATIC", "LEAST_REQUEST")
     assert head["health_checks"][0]["grpc_health_check"]["service_name"] == "spiral.head.v1.HeadService"
-    assert head["outlier_detection"]["consecutive_gateway_failure"] >= 1
+    # Ejected when Envoy cannot reach it; never for a gRPC status the head answered (a lone head would be gone).
+    outliers = head["outlier_detection"]
+    assert outliers["split_external_local_origin_errors"] and outliers["consecutive_local_origin_failure"] >= 1
+    assert outliers["enforcing_consecutive_5xx"] == outliers["enforcing_consecutive_gateway_failure"] == 0
     policy = _route(config, "/spiral.head.v1.", "grpc_internal")["route"]["retry_policy"]
     assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset", "unavailable"}
     assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
