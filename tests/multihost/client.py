@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("gateway")
     p.add_argument("prompts", nargs="+")
     p.add_argument("--max-tokens", type=int, default=4)
-    p.add_argument("--timeout-s", type=float, default=120)
+    p.add_argument("--timeout-s", type=float, default=200)
     p = sub.add_parser("health")
     p.add_argument("address")
     p.add_argument("service")

@@ -59,9 +59,12 @@ def _settings(run: Path, host: str, secrets: Path) -> Settings:
         "SPIRAL_ADAPTERS_DIR": str(run / "trainer" / "adapters"),  # the trainer's registry: only it reads it
         "SPIRAL_HEAD_ADAPTER_SOURCE": "trainer",
         "SPIRAL_HEAD_ADAPTER_SYNC_S": "1",
-        "SPIRAL_HEAD_THREADS": "1",
+        "SPIRAL_HEAD_THREADS": "2",
         "SPIRAL_COUNCIL_HEADS": "precise,concise",
         "SPIRAL_COUNCIL_THRESHOLD": "-1",  # the council always answers: no cloud here
+        # One head left does the work of two on a shared CPU: the council waits for it (a time, not a target).
+        "SPIRAL_COUNCIL_DEADLINE_S": "150",
+        "SPIRAL_ENVOY_STREAM_IDLE_TIMEOUT_S": "240",
         "SPIRAL_LIVENESS_INTERVAL_S": "0",
     }
     return load_settings(env)
@@ -169,7 +172,7 @@ def test_the_mesh_across_hosts(network, tmp_path, adapter_file):
     )
 
     # Answers come from both heads: Envoy's per-host counts of the heads' calls.
-    prompts = [f"Name a colour, number {i}." for i in range(6)]
+    prompts = [f"Name a colour, number {i}." for i in range(4)]
     assert _client(hosts["infra"], infra_env, "ask", gateway, *prompts) == [200] * len(prompts)
     served = _head_hosts(admin, "rq_success")
     assert all(int(served.get(f"10.77.0.{n}:{HEAD_PORT}", 0)) > 0 for n in (3, 4)), served
@@ -193,7 +196,7 @@ def test_the_mesh_across_hosts(network, tmp_path, adapter_file):
         assert file_sha256(cached) == registry.sha256(VERSION)  # the same bytes, pulled, not shared
 
     # One head's host dies mid-traffic: no request fails (a call no head answered is retried on the other).
-    more = [f"Name an animal, number {i}." for i in range(6)]
+    more = [f"Name an animal, number {i}." for i in range(4)]
     asking = subprocess.Popen(
         ["ip", "netns", "exec", hosts["infra"].ns, sys.executable, "-m", "tests.multihost.client", "ask", gateway]
         + more,
@@ -203,9 +206,9 @@ def test_the_mesh_across_hosts(network, tmp_path, adapter_file):
     )
     time.sleep(1.0)  # the requests are in the council, on both heads
     hosts["head-a"].kill()
-    out, _ = asking.communicate(timeout=180)
+    out, _ = asking.communicate(timeout=240)
     assert json.loads(out.strip().splitlines()[-1]) == [200] * len(more)
-    after = [f"Name a city, number {i}." for i in range(3)]
+    after = [f"Name a city, number {i}." for i in range(2)]
     assert _client(hosts["infra"], infra_env, "ask", gateway, *after) == [200] * len(after)
 
     # Nothing left the hosts: no default route anywhere, and no packet sent outside the subnet.
