@@ -429,6 +429,8 @@ def workload(c: Component, settings: Settings, namespace: str, overlay: str) -> 
     pod_annotations: dict[str, str] = {}
     if c.metrics_port:
         pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(c.metrics_port)}
+        if c.name == "envoy":
+            pod_annotations["prometheus.io/path"] = "/stats/prometheus"  # its statistics listener's one path
     pod: dict[str, Any] = {
         "serviceAccountName": name,
         "automountServiceAccountToken": False,

@@ -164,8 +164,9 @@ class HeadPool:
             return {}
 
     async def restore(self, serving: dict[str, str]) -> None:
-        """At start: serve again what each (head, track) served before the restart (`saved_state`). A version
-        that is gone from the registry leaves that slot as it is, and says so."""
+        """Serve what `serving` says each (head, track) should: at start, what was served before the restart
+        (`saved_state`), then, at start and every few seconds, the record the head replicas share
+        (head_svc/serving_sync.py). A version that cannot be had leaves that slot as it is, and says so."""
         for key, version in sorted(serving.items()):
             head, _, track_label = str(key).partition("/")
             if head not in self.heads or track_label not in {t.label for t in BOTH_TRACKS}:
@@ -177,7 +178,7 @@ class HeadPool:
                 await self.load_adapter(version or "none", [head], tracks=(track,))
             except SpiralError as exc:
                 log.warning(
-                    "could not restore an adapter served before the restart",
+                    "could not switch to the adapter recorded for this head and track",
                     extra={"head": head, "track": track_label, "version": version, "error": exc.message},
                 )
 

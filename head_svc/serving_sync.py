@@ -9,12 +9,13 @@ from head_svc.heads import HeadPool
 from spiral_common.serving import ServingRecord
 
 log = logging.getLogger(__name__)
+READ_TIMEOUT_S = 5.0  # Redis out of reach must not hold a head's start (it serves what it has meanwhile)
 
 
 async def converge(pool: HeadPool, record: ServingRecord) -> None:
     """Switch every slot that differs from the record (a version this head lacks is pulled first)."""
     try:
-        desired = await record.desired()
+        desired = await asyncio.wait_for(record.desired(), READ_TIMEOUT_S)
     except Exception as exc:  # Redis away: keep serving what is loaded, and try again next time
         log.warning("the shared serving record is unreadable", extra={"error": str(exc)})
         return
