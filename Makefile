@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PROFILE ?= default
 export SPIRAL_PROFILE ?= $(PROFILE)
 
-.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight api-key api-keys revoke-api-key promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner bench-spiral render k8s-render k8s-validate images test-images
+.PHONY: help bootstrap up ci-up evolution-once gate down status logs set-canary-weight api-key api-keys revoke-api-key promote test test-fast pytest test-alerts-e2e proto lint-proto lint bench bench-mesh bench-cascade bench-peers bench-adapters bench-distill bench-miner bench-spiral render k8s-render k8s-validate images test-images test-multihost
 
 help:
 	@echo "make up | down | status | logs | test (= gate) | bench | proto   (PROFILE=default|quick_test)"
@@ -108,6 +108,10 @@ test-fast: bootstrap
 # Only pytest, all of tests/ in one session (no contracts, lint, loader, Titanic or bench smoke).
 pytest: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The mesh across hosts on this machine: network namespaces, two heads, Envoy, the trainer (root; about 3 min).
+test-multihost: bootstrap
+	$(PY) -m pytest -q -p no:cacheprovider tests/multihost
 
 test-alerts-e2e: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider tests/observability

@@ -3,11 +3,11 @@
 `python -m deploy.k8s --overlay cpu|gpu --out DIR` (`make k8s-render`) writes one file per service into DIR.
 Every address comes from the profile's settings with its host replaced by the service's cluster DNS name:
 each pod binds its own listeners on 0.0.0.0 (an env override in its Deployment) and reaches the others at
-`spiral-<service>.<namespace>.svc.<cluster domain>:<the profile's port>`. Callers reach the heads through
-Envoy, whose head cluster resolves the heads' headless Service (one address per head pod), so the heads
-scale horizontally without the router knowing them. Secrets are referenced by name (`spiral-secrets`, an env
-file mounted where SPIRAL_ENV_FILE points; `spiral-redis-acl`, the two Redis servers' ACL files, rendered from it
-by `python -m deploy.redis_acl`), never rendered here.
+`spiral-<service>.<namespace>.svc.<cluster domain>:<the profile's port>`. The routers reach the heads through
+Envoy's internal listener, whose head cluster resolves the heads' headless Service (one address per head pod),
+so the heads scale horizontally without the router knowing them. Secrets are referenced by name
+(`spiral-secrets`, an env file mounted where SPIRAL_ENV_FILE points; `spiral-redis-acl`, the two Redis servers'
+ACL files, rendered from it by `python -m deploy.redis_acl`), never rendered here.
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ class Component:
     internet_https: bool = False  # egress to any address on 443 (the cloud providers)
     open_to_clients: bool = False  # ingress from anywhere (the platform's one entry point)
     headless: bool = False
+    # More gRPC ports its callers may reach (Envoy's internal listener), beside `port`.
+    extra_ports: tuple[int, ...] = ()
     adapters: str = ""  # "rw", "ro" or "" : the adapter registry volume
     startup_s: int = 60  # how long the first SERVING may take (the head loads its model)
     workload: str = "Deployment"
@@ -115,6 +117,7 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         return _at(name, addr, namespace, domain)
 
     envoy = at("envoy", s.envoy.envoy_addr)
+    internal = at("envoy", s.envoy.envoy_internal_addr)
     return dataclasses.replace(
         s,
         run_dir=RUN_DIR,
@@ -127,7 +130,13 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
             redis_cache_addr=at("redis-cache", s.redis.redis_cache_addr),
         ),
         # Promotion runs as `make promote` against the cluster, not as a program beside the services.
-        envoy=dataclasses.replace(s.envoy, envoy_addr=envoy, promotion_interval_s=0),
+        envoy=dataclasses.replace(
+            s.envoy,
+            envoy_addr=envoy,
+            envoy_internal_addr=internal,
+            envoy_metrics_addr=at("envoy", s.envoy.envoy_metrics_addr),
+            promotion_interval_s=0,
+        ),
         gateway=dataclasses.replace(s.gateway, gateway_addr=at("gateway", s.gateway.gateway_addr)),
         router=dataclasses.replace(
             s.router,
@@ -138,7 +147,10 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
         ),
         head=dataclasses.replace(
             s.head,
-            head_addr=envoy,  # every caller reaches the heads through Envoy's head cluster
+            # The heads' headless Service: Envoy's head cluster resolves it to every head pod (STRICT_DNS); the
+            # routers reach the heads through Envoy's internal listener.
+            head_addr=at("head", s.head.head_addr),
+            head_endpoints="",
             head_metrics_addr=at("head", s.head.head_metrics_addr),
             heads_file=f"{CONFIG_DIR}/heads.json",
         ),
@@ -158,12 +170,17 @@ def cluster_settings(settings: Settings, namespace: str, domain: str) -> Setting
 
 
 def envoy_settings(settings: Settings, cluster: Settings, namespace: str, domain: str) -> Settings:
-    """What Envoy's config is rendered from: it listens on every interface, and its head cluster is the
-    heads' headless Service (STRICT_DNS: one endpoint per head pod)."""
+    """What Envoy's config is rendered from: it listens on every interface, its admin socket is in the pod's
+    /tmp, and its head cluster is the heads' headless Service (STRICT_DNS: one endpoint per head pod)."""
     return dataclasses.replace(
         cluster,
-        envoy=dataclasses.replace(cluster.envoy, envoy_addr=Address(f"0.0.0.0:{settings.envoy.envoy_addr.port}")),
-        head=dataclasses.replace(cluster.head, head_addr=_at("head", settings.head.head_addr, namespace, domain)),
+        envoy=dataclasses.replace(
+            cluster.envoy,
+            envoy_addr=Address(_any(settings.envoy.envoy_addr.port)),
+            envoy_internal_addr=Address(_any(settings.envoy.envoy_internal_addr.port)),
+            envoy_metrics_addr=Address(_any(settings.envoy.envoy_metrics_addr.port)),
+            envoy_admin_socket="/tmp/envoy-admin.sock",
+        ),
     )
 
 
@@ -272,6 +289,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
             # One Envoy per pod: a new config is a new pod (rollout), never a hot restart.
             command=["envoy", "-c", "/etc/envoy/envoy.yaml", "--log-level", "warn", "--disable-hot-restart"],
             port=s.envoy.envoy_addr.port,
+            extra_ports=(s.envoy.envoy_internal_addr.port,),
+            metrics_port=s.envoy.envoy_metrics_addr.port,
             # Ready when the routers behind it are: Envoy routes /grpc.health.v1. to them.
             health_service="spiral.router.v1.RouterService",
             replicas=2,
@@ -304,6 +323,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
                 "SPIRAL_HEAD_METRICS_ADDR": _any(s.head.head_metrics_addr.port),
                 # "One per CPU core" would count the node's cores, not the pod's CPU limit.
                 "SPIRAL_HEAD_THREADS": str(s.head.head_threads or HEAD_CPUS),
+                # Each head pod pulls adapters from the trainer into its own cache (in the run directory).
+                "SPIRAL_HEAD_ADAPTER_SOURCE": "trainer",
                 **head_gpu,
             },
             replicas=2,
@@ -311,7 +332,8 @@ def components(settings: Settings, overlay: str, image: dict[str, str]) -> list[
                 "2", "3Gi", str(HEAD_CPUS), f"{s.head.head_memory_cap_mb + 1024}Mi", gpus=1 if gpu else 0
             ),
             headless=True,
-            adapters="ro",
+            # FetchAdapter from the trainer; the shared record of what each head and track serves in Redis.
+            calls=("trainer", "redis"),
             startup_s=600,
         ),
         Component(
@@ -389,6 +411,7 @@ def _container(c: Component, settings: Settings) -> dict[str, Any]:
     ports = [{"name": "grpc" if c.health_service or c.exec_probe else "http", "containerPort": c.port}]
     if c.exec_probe:
         ports[0]["name"] = "redis"
+    ports += [{"name": f"grpc-{i}", "containerPort": p} for i, p in enumerate(c.extra_ports, start=2)]
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "containerPort": c.metrics_port})
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
@@ -458,6 +481,8 @@ def workload(c: Component, settings: Settings, namespace: str, overlay: str) -> 
     pod_annotations: dict[str, str] = {}
     if c.metrics_port:
         pod_annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(c.metrics_port)}
+        if c.name == "envoy":
+            pod_annotations["prometheus.io/path"] = "/stats/prometheus"  # its statistics listener's one path
     pod: dict[str, Any] = {
         "serviceAccountName": name,
         "automountServiceAccountToken": False,
@@ -516,6 +541,7 @@ def service(c: Component, namespace: str) -> dict[str, Any]:
     ports = [{"name": "grpc" if c.health_service else "http", "port": c.port, "targetPort": c.port}]
     if c.exec_probe:
         ports[0]["name"] = "redis"
+    ports += [{"name": f"grpc-{i}", "port": p, "targetPort": p} for i, p in enumerate(c.extra_ports, start=2)]
     if c.metrics_port and c.metrics_port != c.port:
         ports.append({"name": "metrics", "port": c.metrics_port, "targetPort": c.metrics_port})
     spec: dict[str, Any] = {"selector": _labels(c.name), "ports": ports}
@@ -560,7 +586,7 @@ def network_policy(c: Component, everyone: list[Component], namespace: str) -> d
         ingress.append(
             {
                 "from": [{"podSelector": {"matchLabels": _labels(name)}} for name in callers],
-                "ports": [{"protocol": "TCP", "port": c.port}],
+                "ports": [{"protocol": "TCP", "port": p} for p in (c.port, *c.extra_ports)],
             }
         )
     if c.metrics_port:
@@ -578,7 +604,7 @@ def network_policy(c: Component, everyone: list[Component], namespace: str) -> d
     egress: list[dict[str, Any]] = [
         {
             "to": [{"podSelector": {"matchLabels": _labels(name)}}],
-            "ports": [{"protocol": "TCP", "port": by_name[name].port}],
+            "ports": [{"protocol": "TCP", "port": p} for p in (by_name[name].port, *by_name[name].extra_ports)],
         }
         for name in c.calls
     ]
@@ -681,13 +707,12 @@ def namespace_manifest(namespace: str) -> dict[str, Any]:
 
 
 def adapters_claim(namespace: str) -> dict[str, Any]:
-    # The trainer writes the adapter registry and every head reads it: a volume many nodes mount at once
-    # (ReadWriteMany), until adapters travel over the network (issue 17, item 2).
+    # The trainer's adapter registry: only the trainer mounts it (the heads pull over FetchAdapter).
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": _meta("spiral-adapters", namespace, "adapters"),
-        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}},
     }
 
 

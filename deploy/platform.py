@@ -170,7 +170,7 @@ class Platform:
 
     def checks(self) -> list[Check]:
         s = self.settings
-        redis, cache, admin = s.redis.redis_addr, s.redis.redis_cache_addr, s.envoy.envoy_admin_addr
+        redis, cache = s.redis.redis_addr, s.redis.redis_cache_addr
         gateway, observability = s.gateway.gateway_addr, s.observability
         return [
             Check("redis", _redis_ping(redis.host, redis.port), f"redis://{redis}"),
@@ -195,7 +195,7 @@ class Platform:
             Check(
                 "envoy",
                 grpc_health(s.envoy.envoy_addr, "spiral.router.v1.RouterService"),
-                f"{s.envoy.envoy_addr} (admin http://{admin})",
+                f"{s.envoy.envoy_addr} (internal {s.envoy.envoy_internal_addr}, admin {s.envoy_admin_path})",
             ),
             Check("gateway", _http_ok(f"http://{gateway}/healthz"), f"http://{gateway}"),
             Check(

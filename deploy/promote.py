@@ -124,16 +124,16 @@ class Platform(Protocol):
 
 
 class GrpcPlatform:
-    """The admin calls through Envoy, with the admin token."""
+    """The admin calls through Envoy's internal listener, with the admin token."""
 
     def __init__(self, settings: Settings, token: str) -> None:
-        self.channel = grpc.insecure_channel(settings.envoy.envoy_addr)
+        self.channel = grpc.insecure_channel(settings.envoy.envoy_internal_addr)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.heads = head_pb2_grpc.HeadServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
 
     def adapter_versions(self) -> tuple[str, str]:
-        head = self.heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), timeout=10).heads[0]
+        head = self.heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), metadata=self.metadata, timeout=10).heads[0]
         return head.adapter_version, head.canary_adapter_version
 
     def reload(self, version: str, tracks: tuple[Track, ...]) -> None:

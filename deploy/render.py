@@ -40,7 +40,13 @@ def cluster_type(address: Address) -> str:
     return "STATIC"
 
 
+def cluster_type_of(addresses: list[Address]) -> str:
+    """One cluster type for several endpoints: STRICT_DNS as soon as one is a host name (it takes IPs too)."""
+    return "STATIC" if all(cluster_type(a) == "STATIC" for a in addresses) else "STRICT_DNS"
+
+
 _TEMPLATES.filters["cluster_type"] = cluster_type
+_TEMPLATES.filters["cluster_type_of"] = cluster_type_of
 
 
 # What every Python service (and the watchdog) exits with on a fatal configuration error: supervisord treats it
@@ -58,13 +64,30 @@ class Program:
     fatal_exit_codes: tuple[int, ...] = ()
 
 
+# The read-only calls of the services behind the routers that the public listener serves as well.
+PUBLIC_READS = [
+    ("/spiral.miner.v1.MinerService/ListPatterns", "miner"),
+    ("/spiral.miner.v1.MinerService/MatchPrompt", "miner"),
+    ("/spiral.trainer.v1.TrainerService/GetJob", "trainer"),
+    ("/spiral.trainer.v1.TrainerService/WatchJob", "trainer"),
+    ("/spiral.trainer.v1.TrainerService/ListAdapters", "trainer"),
+    ("/spiral.head.v1.HeadService/GetHeadInfo", "head"),
+]
+
+
 def render_envoy(settings: Settings) -> str:
     return _TEMPLATES.get_template("envoy.yaml.j2").render(
         s=settings,
-        # Router traffic (and the reflection and health services buf curl / grpcurl use) is split
-        # between the main and canary routers by weight.
-        router_prefixes=["/spiral.router.v1.", "/grpc.reflection.", "/grpc.health.v1."],
+        admin_socket=settings.envoy_admin_path,
+        # Router client traffic (and the reflection and health services buf curl / grpcurl use) is split
+        # between the main and canary routers by weight; the routers' AdminService is internal only.
+        public_router_prefixes=["/spiral.router.v1.RouterService/", "/grpc.reflection.", "/grpc.health.v1."],
+        public_reads=PUBLIC_READS,
+        # On the internal listener, what needs no token (health, reflection).
+        open_prefixes=["/grpc.reflection.", "/grpc.health.v1."],
         router_service="spiral.router.v1.RouterService",
+        head_service="spiral.head.v1.HeadService",
+        head_endpoints=settings.head.endpoints,
         runtime_prefix=canary.RUNTIME_PREFIX,
         weight=canary.current_weight(settings),
         routers=[
@@ -72,12 +95,10 @@ def render_envoy(settings: Settings) -> str:
             ("router_canary", settings.router.router_canary_addr),
         ],
         direct_routes=[
-            ("/spiral.head.v1.", "head"),
             ("/spiral.trainer.v1.", "trainer"),
             ("/spiral.miner.v1.", "miner"),
         ],
         clusters=[
-            ("head", settings.head.head_addr),
             ("trainer", settings.trainer.trainer_addr),
             ("miner", settings.miner.miner_addr),
         ],
@@ -99,7 +120,7 @@ def render_prometheus(
             ("spiral-head", settings.head.head_metrics_addr, "/metrics"),
             ("spiral-trainer", settings.trainer.trainer_metrics_addr, "/metrics"),
             ("spiral-miner", settings.miner.miner_metrics_addr, "/metrics"),
-            ("spiral-envoy", settings.envoy.envoy_admin_addr, "/stats/prometheus"),
+            ("spiral-envoy", settings.envoy.envoy_metrics_addr, "/stats/prometheus"),
         ],
     )
 

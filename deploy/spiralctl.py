@@ -36,7 +36,7 @@ def _canary(platform: Platform, percent: int | None) -> int:
     s = platform.settings
     token = secret("SPIRAL_ADMIN_TOKEN", {"SPIRAL_ENV_FILE": str(ensure_secrets_file(s)), **os.environ})
     metadata = (("authorization", f"Bearer {token}"),)
-    with grpc.insecure_channel(s.envoy.envoy_addr) as channel:
+    with grpc.insecure_channel(s.envoy.envoy_internal_addr) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         try:
             if percent is None:
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_checks(platform)
             print(f"\n  OpenAI-compatible API  http://{s.gateway.gateway_addr}/v1   (OpenAPI: /docs)")
             print(f"  gRPC ingress (Envoy)   {s.envoy.envoy_addr}")
-            print(f"  Envoy admin            http://{s.envoy.envoy_admin_addr}")
+            print(f"  internal (operators)   {s.envoy.envoy_internal_addr}   (bearer token)")
+            print(f"  Envoy admin            {s.envoy_admin_path}   (curl --unix-socket)")
             print(f"  logs                   {platform.run / 'logs'}   (make logs)")
         elif args.command == "down":
             platform.stop()

@@ -23,22 +23,31 @@ from spiral_common.logs import REQUEST_ID_HEADER
 
 @dataclass(frozen=True)
 class Upstream:
-    """The stubs the routes call, all on one channel to Envoy's ingress."""
+    """The stubs the routes call: the routers' client RPCs on Envoy's public ingress, their AdminService (which
+    the public ingress does not route) on Envoy's internal listener."""
 
     channel: grpc.aio.Channel
     router: router_pb2_grpc.RouterServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
     health: health_pb2_grpc.HealthStub
+    internal_channel: grpc.aio.Channel | None = None
 
     @classmethod
-    def connect(cls, address: str) -> Upstream:
+    def connect(cls, address: str, internal_address: str | None = None) -> Upstream:
         channel = grpc.aio.insecure_channel(address)
+        internal = grpc.aio.insecure_channel(internal_address) if internal_address else None
         return cls(
             channel=channel,
             router=router_pb2_grpc.RouterServiceStub(channel),
-            admin=admin_pb2_grpc.AdminServiceStub(channel),
+            admin=admin_pb2_grpc.AdminServiceStub(internal or channel),
             health=health_pb2_grpc.HealthStub(channel),
+            internal_channel=internal,
         )
+
+    async def close(self) -> None:
+        await self.channel.close()
+        if self.internal_channel is not None:
+            await self.internal_channel.close()
 
 
 @dataclass
@@ -63,10 +72,10 @@ class GatewayState:
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The app's lifespan: the channel is opened here because a grpc.aio channel belongs to the running loop."""
-        upstream = Upstream.connect(self.settings.envoy.envoy_addr)
+        upstream = Upstream.connect(self.settings.envoy.envoy_addr, self.settings.envoy.envoy_internal_addr)
         self._upstream = upstream
         yield
-        await upstream.channel.close()
+        await upstream.close()
 
 
 # FastAPI dependencies. They are `async def` on purpose: a plain `def` dependency runs in the thread pool,

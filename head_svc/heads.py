@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,9 +57,13 @@ class HeadPool:
         flush_interval_ms: int = 0,
         registry: AdapterRegistry | None = None,
         state_path: Path | None = None,
+        fetch: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self.heads = {h.name: h for h in heads}
         self.registry = registry
+        # Brings a version into the registry before it is loaded (a head pulling from the trainer into its
+        # cache), and says which version "latest" is; None: the registry already holds every version.
+        self.fetch = fetch
         # What each (head, track) serves, kept across restarts: written after every switch, read at start.
         self.state_path = state_path
         # (head, track) -> the adapter serving new requests there; None is the base model.
@@ -104,6 +108,8 @@ class HeadPool:
             raise Unavailable(f"the model is {self.state}", reason="MODEL_NOT_LOADED", state=self.state)
         targets = [self.spec(h).name for h in heads] or list(self.heads)
         async with self._reload_lock:
+            if self.fetch is not None and self.registry is not None:
+                version = await self.fetch(version)
             info = None if self.registry is None else self.registry.resolve(version)
             if info is None and version not in ("none", ""):
                 raise Unavailable("no adapter registry is configured", reason="NO_ADAPTER_REGISTRY")
@@ -158,8 +164,9 @@ class HeadPool:
             return {}
 
     async def restore(self, serving: dict[str, str]) -> None:
-        """At start: serve again what each (head, track) served before the restart (`saved_state`). A version
-        that is gone from the registry leaves that slot as it is, and says so."""
+        """Serve what `serving` says each (head, track) should: at start, what was served before the restart
+        (`saved_state`), then, at start and every few seconds, the record the head replicas share
+        (head_svc/serving_sync.py). A version that cannot be had leaves that slot as it is, and says so."""
         for key, version in sorted(serving.items()):
             head, _, track_label = str(key).partition("/")
             if head not in self.heads or track_label not in {t.label for t in BOTH_TRACKS}:
@@ -171,7 +178,7 @@ class HeadPool:
                 await self.load_adapter(version or "none", [head], tracks=(track,))
             except SpiralError as exc:
                 log.warning(
-                    "could not restore an adapter served before the restart",
+                    "could not switch to the adapter recorded for this head and track",
                     extra={"head": head, "track": track_label, "version": version, "error": exc.message},
                 )
 

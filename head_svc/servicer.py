@@ -15,6 +15,7 @@ from spiral_common.chat import Limits, validate_chat
 from spiral_common.enums import Track, tracks_to_switch
 from spiral_common.errors import InvalidArgument
 from spiral_common.protoconv import FINISH_TO_PROTO, messages_from_proto, params_from_proto, usage_to_proto
+from spiral_common.serving import ServingRecord
 
 _LOAD_STATE = {
     "loading": head_pb2.LOAD_STATE_LOADING,
@@ -34,10 +35,13 @@ def _track(word: str) -> Track:
 
 
 class HeadServicer(head_pb2_grpc.HeadServiceServicer):
-    def __init__(self, pool: HeadPool, limits: Limits, base_model: head_pb2.BaseModel) -> None:
+    def __init__(
+        self, pool: HeadPool, limits: Limits, base_model: head_pb2.BaseModel, serving: ServingRecord | None = None
+    ) -> None:
         self.pool = pool
         self.limits = limits
         self.base_model = base_model
+        self.serving = serving  # where a switch is recorded for the other head replicas to follow
 
     async def Generate(
         self, request: head_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -86,11 +90,10 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
         self, request: head_pb2.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> head_pb2.LoadAdapterResponse:
         started = time.perf_counter()
-        version, heads, previous = await self.pool.load_adapter(
-            request.version,
-            list(request.heads),
-            tracks=tracks_to_switch(request.track, legacy_canary_only=request.canary_only),
-        )
+        tracks = tracks_to_switch(request.track, legacy_canary_only=request.canary_only)
+        version, heads, previous = await self.pool.load_adapter(request.version, list(request.heads), tracks=tracks)
+        if self.serving is not None:
+            await self.serving.record({f"{head}/{track.label}": version for head in heads for track in tracks})
         return head_pb2.LoadAdapterResponse(
             version=version,
             heads=heads,

@@ -34,7 +34,8 @@ async def main() -> None:
             log.warning(
                 "cloud provider disabled: %s is not set", provider.api_key_env, extra={"provider": provider.name}
             )
-    channel = grpc.aio.insecure_channel(settings.head.head_addr)
+    # The heads are reached through Envoy's internal listener: its head cluster balances over every replica.
+    channel = grpc.aio.insecure_channel(settings.envoy.envoy_internal_addr)
     redis = redis_access.connect(settings, "router")
     cache_redis = redis_access.connect(settings, "router", redis_access.Instance.CACHE)
     deps = RouterDeps(

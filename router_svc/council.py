@@ -28,6 +28,10 @@ from spiral_common.errors import SpiralError
 _WORD = re.compile(r"\w+")
 
 
+# A head call's errors that mean its replica is gone (a cut stream, a reset), not that the head refused.
+HEAD_WENT_AWAY = frozenset({"HEAD_UNAVAILABLE", "HEAD_STREAM_TRUNCATED"})
+
+
 @dataclass(frozen=True)
 class Candidate:
     head: str
@@ -103,6 +107,17 @@ class Council:
         self.diversity_weight = diversity_weight
 
     async def _ask(self, head: str, chat: ChatRequest, request_id: str, timeout_s: float) -> Candidate:
+        """One member's answer. A head replica that went away mid-answer (its host died: the stream was cut
+        after its first token, which Envoy never retries) costs that answer only: the member is asked once more,
+        in the time left, and Envoy sends the call to another replica."""
+        started = time.perf_counter()
+        candidate = await self._ask_once(head, chat, request_id, timeout_s)
+        left_s = timeout_s - (time.perf_counter() - started)
+        if candidate.error in HEAD_WENT_AWAY and left_s > 0:
+            candidate = replace(await self._ask_once(head, chat, request_id, left_s), latency_us=_since_us(started))
+        return candidate
+
+    async def _ask_once(self, head: str, chat: ChatRequest, request_id: str, timeout_s: float) -> Candidate:
         started = time.perf_counter()
         pieces: list[str] = []
         done: HeadDone | None = None

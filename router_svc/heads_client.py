@@ -69,7 +69,9 @@ class GrpcHeadClient:
         self._stub = head_pb2_grpc.HeadServiceStub(channel)
         self._deadline_s = deadline_s
         self._track = track  # the track whose adapter this router's generations use on the heads
-        self._service_token = service_token  # LoadAdapter changes what is served: the heads ask who calls
+        # Every call presents it: Envoy's internal listener lets no call without a credential through, and
+        # LoadAdapter changes what is served, so the heads ask who calls.
+        self._service_token = service_token
 
     async def load_adapter(self, version: str, *, tracks: tuple[Track, ...], request_id: str) -> AdapterSwitch:
         canary_only = tuple(tracks) == (Track.CANARY,)
@@ -108,7 +110,7 @@ class GrpcHeadClient:
                     seed=request.seed,
                 ),
             ),
-            metadata=((REQUEST_ID_HEADER, request_id),),
+            metadata=((REQUEST_ID_HEADER, request_id), *bearer(self._service_token)),
             # Sent as grpc-timeout: the head stops on its own when the time is up.
             timeout=self._deadline_s if timeout_s is None else min(self._deadline_s, timeout_s),
         )

@@ -4,11 +4,13 @@ Layout: `<SPIRAL_ADAPTERS_DIR>/<version>.gguf`. A file's own metadata says what 
 `adapter.type=lora`, the SHA-256 of the base model it was trained for (`spiral.base_model_sha256`), and
 what the trainer adds (`spiral.job_id`, `spiral.eval_score`, `spiral.created_at`). `latest` is the newest
 published file; `none` is the base model alone. Publishing renames a complete file into place, so a
-half-written adapter is never visible.
+half-written adapter is never visible, and records the file's SHA-256 beside it (`<version>.gguf.sha256`): the
+registry record a head checks a fetched copy against (trainer_svc FetchAdapter, head_svc/adapter_fetch.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,6 +24,16 @@ BASE_SHA256_KEY = "spiral.base_model_sha256"
 LATEST = "latest"
 NO_ADAPTER = "none"
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SHA256 = ".sha256"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ class AdapterRegistry:
             )
         return self.root / f"{version}.gguf"
 
+    def file_path(self, version: str) -> Path:
+        """Where `version`'s file is (or would be); InvalidArgument for a name that is not a version."""
+        return self._path(version)
+
     def info(self, version: str) -> AdapterInfo:
         """Check a version against the base model. NotFound, InvalidArgument (corrupt) or FailedPrecondition."""
         path = self._path(version)
@@ -99,6 +115,15 @@ class AdapterRegistry:
             created_at=str(metadata.get("spiral.created_at", "")),
             size_bytes=path.stat().st_size,
         )
+
+    def sha256(self, version: str) -> str:
+        """The SHA-256 recorded when `version` was published (computed now for a file published without one)."""
+        path = self._path(version)
+        record = path.with_name(path.name + _SHA256)
+        try:
+            return record.read_text().strip()
+        except FileNotFoundError:
+            return file_sha256(path)
 
     def versions(self) -> list[str]:
         """Published versions, newest first (by publication time)."""
@@ -129,9 +154,12 @@ class AdapterRegistry:
         target = self._path(version)
         partial = target.with_suffix(".partial")
         shutil.copyfile(source, partial)
+        record = target.with_name(target.name + _SHA256)
+        record.write_text(file_sha256(partial) + "\n")  # before the file is visible: never a file without one
         os.replace(partial, target)
         try:
             return self.info(version)
         except (InvalidArgument, FailedPrecondition):
             target.unlink()
+            record.unlink(missing_ok=True)
             raise

@@ -2,7 +2,7 @@
 
 Envoy's route splits router traffic between two weighted clusters whose weights live in Envoy's
 runtime (`spiral.routers.main_first`, `spiral.routers.canary_first`); SetCanaryWeight changes them
-through the admin interface (loopback only), so no restart is needed and open streams stay where
+through the admin interface (its unix socket), so no restart is needed and open streams stay where
 they are. The weight in force is also kept in `<run_dir>/canary_weight`, which the next render reads,
 so it survives a restart of the platform (SPIRAL_CANARY_WEIGHT_PERCENT is only the first value).
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from spiral_common.config import Settings
+from spiral_common.envoy_admin import admin_call
 from spiral_common.errors import InvalidArgument, Unavailable
 
 RUNTIME_PREFIX = "spiral.routers"
@@ -37,12 +37,10 @@ def runtime_values(percent: int) -> dict[str, str]:
 
 
 def apply_to_envoy(settings: Settings, percent: int) -> None:
-    """Set the split in the running Envoy's runtime (admin interface, loopback)."""
+    """Set the split in the running Envoy's runtime (admin interface, on its socket)."""
     query = urllib.parse.urlencode(runtime_values(percent))
-    request = urllib.request.Request(f"http://{settings.envoy.envoy_admin_addr}/runtime_modify?{query}", method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            reply.read()
+        admin_call(settings.envoy_admin_path, f"/runtime_modify?{query}", method="POST")
     except OSError as exc:
         raise Unavailable(
             f"Envoy's admin interface did not take the weight: {exc}", reason="ENVOY_UNAVAILABLE"

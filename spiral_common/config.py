@@ -57,6 +57,7 @@ _CHOICES = {
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
     "client_auth": ("keys", "off"),
+    "head_adapter_source": ("registry", "trainer"),
 }
 # The variables this version replaced: a profile or environment still setting one fails loudly.
 _REPLACED = {
@@ -83,6 +84,8 @@ _REPLACED = {
         )
     },
     "SPIRAL_ENVOY_INGRESS_PORT": "SPIRAL_ENVOY_ADDR (host:port)",
+    "SPIRAL_ENVOY_ADMIN_ADDR": "SPIRAL_ENVOY_METRICS_ADDR (Envoy's stats only; the admin interface is the unix socket "
+    "SPIRAL_ENVOY_ADMIN_SOCKET)",
     "SPIRAL_ROUTER_INSTANCE": "SPIRAL_TRACK (main or canary)",
     "SPIRAL_MINER_TARGET_PRECISION": "SPIRAL_PATTERN_MAX_ERROR (the error bound: 1 - the target precision)",
 }
@@ -144,10 +147,17 @@ class RedisSettings:
 class EnvoySettings:
     """Envoy: the gRPC ingress every client (the gateway, the trainer, `spiralctl`) calls, and the canary split."""
 
-    # The ingress. Loopback by default: nothing is exposed.
+    # The public ingress: the routers' client RPCs and read-only calls only. Loopback by default: nothing is exposed.
     envoy_addr: Address = _addr("127.0.0.1:10000", 1)
-    # The admin interface has no authentication: it must stay on loopback.
-    envoy_admin_addr: Address = _addr("127.0.0.1:9901", 1)
+    # The internal listener: operators' tools and the services' calls to each other (the routers reach the heads
+    # here). Every call but health and reflection must carry `authorization: Bearer <token>`; each service then
+    # checks the token itself.
+    envoy_internal_addr: Address = _addr("127.0.0.1:10001", 1)
+    # Envoy's statistics for Prometheus (/stats/prometheus and /ready, nothing else of the admin interface).
+    envoy_metrics_addr: Address = _addr("127.0.0.1:9901", 1)
+    # The admin interface (no authentication): a unix socket only its owner may open (mode 0600); empty means
+    # <run_dir>/envoy-admin.sock. A socket path is at most 107 bytes.
+    envoy_admin_socket: str = ""
     # Share of router traffic Envoy sends to the canary router, percent.
     canary_weight_percent: int = field(default=5, metadata={"min": 0, "max": 100})
     # Compare canary and main and promote or roll back this often, seconds (0: only `make promote`).
@@ -162,11 +172,8 @@ class EnvoySettings:
 
     def __post_init__(self) -> None:
         _check(self)
-        if not _is_loopback(self.envoy_admin_addr.host):
-            raise ConfigError(
-                f"{env_name('envoy_admin_addr')}={self.envoy_admin_addr!r}: Envoy's admin interface has no "
-                "authentication; give a loopback address"
-            )
+        if len(self.envoy_admin_socket.encode()) > 107:
+            raise ConfigError(f"{env_name('envoy_admin_socket')}={self.envoy_admin_socket!r}: longer than 107 bytes")
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,9 @@ class HeadSettings:
     """The head process: llama.cpp heads of one base model, with adapters."""
 
     head_addr: Address = _addr("127.0.0.1:50061")
+    # The head replicas Envoy balances the heads' calls over: comma-separated host:port, each on any host; a
+    # host name is resolved by DNS to every address it has (a Kubernetes headless Service). Empty: head_addr.
+    head_endpoints: str = ""
     head_metrics_addr: Address = _addr("127.0.0.1:9161")
     # GGUF file of the base model; empty means the embedded SmolLM2-135M-Instruct.
     model_path: str = ""
@@ -274,9 +284,27 @@ class HeadSettings:
     head_gpu_memory_cap_mb: int = field(default=10752, metadata={"min": 1})
     # Layers offloaded to the GPU (0 on CPU, -1 for all).
     head_gpu_layers: int = field(default=0, metadata={"min": -1})
+    # Where a head gets adapter files: "registry" reads SPIRAL_ADAPTERS_DIR (one box: the trainer's folder);
+    # "trainer" pulls each version from the trainer (FetchAdapter, SPIRAL_TRAINER_ADDR) into its own cache,
+    # checked against the registry's SHA-256 record and the base model before it is loaded (heads on other hosts).
+    head_adapter_source: str = "registry"
+    # The pulled adapters' cache; empty means <run_dir>/adapter-cache.
+    head_adapter_cache_dir: str = ""
+    # Every head converges to the shared record of what each head and track serves this often, seconds (0: only
+    # at start). An adapter switch reaches one head replica; the others follow within this time.
+    head_adapter_sync_s: float = field(default=5.0, metadata={"min": 0.0})
 
     def __post_init__(self) -> None:
         _check(self)
+        for endpoint in self.head_endpoints.split(","):
+            if endpoint.strip():
+                parse_address(env_name("head_endpoints"), endpoint.strip())
+
+    @property
+    def endpoints(self) -> list[Address]:
+        """Every head replica (head_addr alone when head_endpoints is empty)."""
+        listed = [Address(e.strip()) for e in self.head_endpoints.split(",") if e.strip()]
+        return listed or [self.head_addr]
 
 
 @dataclass(frozen=True)
@@ -481,6 +509,19 @@ class Settings:
             return self.run_path / "adapters"
         path = Path(self.adapters_dir)
         return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def head_adapter_cache_path(self) -> Path:
+        if not self.head.head_adapter_cache_dir:
+            return self.run_path / "adapter-cache"
+        path = Path(self.head.head_adapter_cache_dir)
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def envoy_admin_path(self) -> Path:
+        """Envoy's admin socket."""
+        socket = self.envoy.envoy_admin_socket
+        return Path(socket) if socket else self.run_path / "envoy-admin.sock"
 
     @property
     def trainer_work_path(self) -> Path:

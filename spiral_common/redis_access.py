@@ -99,6 +99,10 @@ USERS: dict[str, dict[Instance, Access]] = {
     "miner": {
         Instance.STATE: Access(read_write=("miner:*", "patterns:*"), read_only=("traffic",)),
     },
+    # The heads: the shared record of which adapter each head and track serves (every replica converges to it).
+    "head": {
+        Instance.STATE: Access(read_write=("adapters:serving",)),
+    },
     # The operator's tools (spiralctl, make targets, benchmarks, the platform tests): every key of the prefix,
     # still no dangerous command.
     "operator": {

@@ -19,12 +19,12 @@ async def main() -> None:
     settings = load_settings()
     configure_logging("trainer", settings.log_level)
     redis = redis_access.connect(settings, "trainer")
-    publisher = AdminPublisher(settings.envoy.envoy_addr, secret("SPIRAL_ADMIN_TOKEN"))
+    publisher = AdminPublisher(settings.envoy.envoy_internal_addr, secret("SPIRAL_ADMIN_TOKEN"))
     deps = TrainerDeps(
         redis=redis,
         publisher=publisher,
         model_path=resolve_model_path(settings.head.model_path),
-        miner_address=settings.envoy.envoy_addr,
+        miner_address=settings.envoy.envoy_internal_addr,
     )
     trainer = create_trainer(settings, deps)
     start_metrics_server(

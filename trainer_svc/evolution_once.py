@@ -83,7 +83,7 @@ async def run(address: str, time_budget_s: int, cancel: str, token: str = "") ->
         last, lost = "", 0
         while not _final(job):
             try:
-                async for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id)):
+                async for update in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id), metadata=operator):
                     job = update.job
                     line = describe(job)
                     if line != last:
@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evolution-once: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(settings.envoy.envoy_addr, args.time_budget_s, args.cancel, operator_token(settings)))
+        return asyncio.run(
+            run(settings.envoy.envoy_internal_addr, args.time_budget_s, args.cancel, operator_token(settings))
+        )
     except KeyboardInterrupt:
         return 130
 

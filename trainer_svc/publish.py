@@ -1,8 +1,8 @@
 """What a finished job tells the rest of the platform: the canary heads (a new adapter) and the Pushgateway.
 
-The reload goes through Envoy to a router's AdminService (the same call as `/admin/reload?target=canary`),
-with the admin token from SPIRAL_ADMIN_TOKEN. Job metrics are pushed (pushadd, grouped by job kind) so the
-last success time survives a failed night: `SpiralNightlyLoRAMissed` reads it.
+The reload goes through Envoy's internal listener to a router's AdminService (the same call as
+`/admin/reload?target=canary`), with the admin token from SPIRAL_ADMIN_TOKEN. Job metrics are pushed (pushadd,
+grouped by job kind) so the last success time survives a failed night: `SpiralNightlyLoRAMissed` reads it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class AdminPublisher:
 
     async def current_adapter(self) -> str:
         _, heads = self._stubs()
-        info = await heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), timeout=10)
+        info = await heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), metadata=self.metadata, timeout=10)
         return info.heads[0].adapter_version if info.heads else ""
 
     async def publish_canary(self, version: str) -> None:

@@ -152,7 +152,8 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         service_names=[SERVICE_NAME],
         add_servicers=lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
         registry=registry,
-        protected=[f"/{SERVICE_NAME}/SubmitJob", f"/{SERVICE_NAME}/CancelJob"],
+        # FetchAdapter changes nothing, but the adapters are the platform's own: only its services and operators.
+        protected=[f"/{SERVICE_NAME}/SubmitJob", f"/{SERVICE_NAME}/CancelJob", f"/{SERVICE_NAME}/FetchAdapter"],
         credentials=credentials,
     )
     return Trainer(runtime, queue, worker, scheduler)

@@ -1,4 +1,4 @@
-"""TrainerService over gRPC: submit, get, watch and cancel jobs on the durable queue; list the adapters."""
+"""TrainerService over gRPC: submit, get, watch and cancel jobs on the durable queue; list and send the adapters."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
-from spiral_common.adapters import AdapterInfo, AdapterRegistry
+from spiral_common.adapters import LATEST, AdapterInfo, AdapterRegistry
 from spiral_common.errors import InvalidArgument
 from trainer_svc.jobs import STAGES, Job, JobQueue
 
@@ -26,6 +26,7 @@ STATE_TO_PROTO = {
 }
 STAGE_TO_PROTO = {name: number for number, name in enumerate(STAGES)}  # the enum follows STAGES' order
 MAX_TIME_BUDGET_S = 24 * 3600
+FETCH_CHUNK_BYTES = 1 << 20  # well under gRPC's 4 MiB message limit
 
 
 def _timestamp(ms: int) -> Timestamp | None:
@@ -127,3 +128,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.ListAdaptersResponse:
         infos = await asyncio.to_thread(lambda: list(self.registry.usable()))
         return trainer_pb2.ListAdaptersResponse(adapters=[adapter_to_proto(i) for i in infos])
+
+    async def FetchAdapter(
+        self, request: trainer_pb2.FetchAdapterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[trainer_pb2.FetchAdapterResponse]:
+        info = await asyncio.to_thread(self.registry.resolve, request.version or LATEST)
+        if info is None:
+            raise InvalidArgument("version 'none' is the base model: no file to send", reason="BAD_VERSION")
+        sha256 = await asyncio.to_thread(self.registry.sha256, info.version)
+        record = trainer_pb2.AdapterRecord(adapter=adapter_to_proto(info), sha256=sha256)
+        yield trainer_pb2.FetchAdapterResponse(record=record)
+        with info.path.open("rb") as fh:  # one open file: the bytes of the version recorded above
+            while chunk := await asyncio.to_thread(fh.read, FETCH_CHUNK_BYTES):
+                yield trainer_pb2.FetchAdapterResponse(chunk=chunk)

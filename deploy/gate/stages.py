@@ -1,11 +1,11 @@
-"""The stages of the release gate: the ten of the issue, in its order, the hostile-input stage (11) and the
-Kubernetes manifests' offline validation (12).
+"""The stages of the release gate: the ten of the issue, in its order, the hostile-input stage (11), the
+Kubernetes manifests' offline validation (12) and the multi-host test (13).
 
 The test stages split `tests/` between them so that every test runs exactly once: stage 7 takes the
 tests marked `gate_trainer_job` (the dummy trainer job, wherever it lives); of the others, by path,
 stage 1 takes the contract tests, 5 the integration tests but the canary's, 8 `tests/observability`,
-9 the canary's, and 3 everything else (so a new test file lands in stage 3 unless it belongs to one of
-those). Stages 6 and 10 each start a quick_test platform of their own, with a local OpenAI-compatible
+9 the canary's, 13 `tests/multihost`, and 3 everything else (so a new test file lands in stage 3 unless it
+belongs to one of those). Stages 6 and 10 each start a quick_test platform of their own, with a local OpenAI-compatible
 server playing the cloud providers, and stop it when they end.
 """
 
@@ -32,6 +32,7 @@ from spiral_common.config import load_settings
 
 CONTRACT_TESTS = "tests/unit/common/test_contracts.py"
 CANARY_TESTS = "tests/integration/test_canary.py"
+MULTIHOST_TESTS = "tests/multihost"
 # Stage 7's hook: the pytest marker of the trainer's end-to-end tests (tests/integration/test_evolution.py).
 TRAINER_JOB_MARK = "gate_trainer_job"
 
@@ -148,7 +149,7 @@ def code(ctx: GateContext) -> Outcome:
 
 # -- 3, 5, 7, 8, 9. tests ------------------------------------------------------------------------------------
 def unit_tests(ctx: GateContext) -> Outcome:
-    ignore = ("tests/integration", "tests/observability", CONTRACT_TESTS)
+    ignore = ("tests/integration", "tests/observability", MULTIHOST_TESTS, CONTRACT_TESTS)
     return run_pytest(ctx, "03-unit", ["tests"], ignore)
 
 
@@ -343,6 +344,12 @@ def kubernetes(ctx: GateContext) -> Outcome:
     return run_reporting_module(ctx, "deploy.k8s_validate")
 
 
+# -- 13. Several hosts ---------------------------------------------------------------------------------------
+def multihost(ctx: GateContext) -> Outcome:
+    """The mesh across network namespaces on this machine (`make test-multihost`; needs root)."""
+    return run_pytest(ctx, "13-multihost", [MULTIHOST_TESTS])
+
+
 STAGES = (
     Stage(1, "contracts", "buf lint, buf breaking against the previous release, generated code up to date", contracts),
     Stage(2, "code", "ruff check, ruff format --check, mypy, lint-imports (import contracts)", code),
@@ -357,5 +364,8 @@ STAGES = (
     Stage(11, "hostile input", "a corpus of bad requests, schemathesis and a gRPC fuzz, with a probe", hostile_input),
     Stage(
         12, "kubernetes", "both overlays: kubernetes-validate (strict), checkov; hadolint on deploy/images/", kubernetes
+    ),
+    Stage(
+        13, "multi-host", "Redis, Envoy, routers, trainer, two heads on network namespaces (tests/multihost)", multihost
     ),
 )

@@ -4,6 +4,7 @@ change, the local rate limit, and the verify script."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from deploy.render import render_envoy
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
 from spiral_common.config import load_settings, settings_env
+from spiral_common.envoy_admin import admin_call
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -41,11 +43,11 @@ def _served(platform, router: str) -> float:
 
 def _envoy_state(platform) -> tuple[dict[str, str], set[str]]:
     """(the split in Envoy's runtime, the router clusters whose host is healthy)."""
-    admin = f"http://{platform.settings.envoy.envoy_admin_addr}"
-    runtime = {k: v["final_value"] for k, v in httpx.get(f"{admin}/runtime").json()["entries"].items()}
+    socket = platform.settings.envoy_admin_path
+    runtime = {k: v["final_value"] for k, v in json.loads(admin_call(socket, "/runtime"))["entries"].items()}
     healthy = {
         line.split("::")[0]
-        for line in httpx.get(f"{admin}/clusters").text.splitlines()
+        for line in admin_call(socket, "/clusters").splitlines()
         if line.startswith("router_") and line.endswith("::health_flags::healthy")
     }
     return runtime, healthy
@@ -143,12 +145,14 @@ async def test_open_streams_survive_weight_changes(platform, gateway_url, defaul
 
 
 async def test_the_local_rate_limit_answers_resource_exhausted(platform, tmp_path):
-    ingress, admin = free_ports(2)
+    ingress, internal, metrics = free_ports(3)
     env = {
         "SPIRAL_PROFILE": "quick_test",
         "SPIRAL_RUN_DIR": str(platform.run),
         "SPIRAL_ENVOY_ADDR": f"127.0.0.1:{ingress}",
-        "SPIRAL_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin}",
+        "SPIRAL_ENVOY_INTERNAL_ADDR": f"127.0.0.1:{internal}",
+        "SPIRAL_ENVOY_METRICS_ADDR": f"127.0.0.1:{metrics}",
+        "SPIRAL_ENVOY_ADMIN_SOCKET": str(tmp_path / "envoy-admin.sock"),
         "SPIRAL_ENVOY_RATE_LIMIT_RPS": "1",
         "SPIRAL_ENVOY_RATE_LIMIT_BURST": "2",
     }
@@ -170,7 +174,7 @@ async def test_the_local_rate_limit_answers_resource_exhausted(platform, tmp_pat
         [ENVOY, "-c", str(config), "--use-dynamic-base-id", "--log-level", "error"], stdout=subprocess.DEVNULL
     )
     try:
-        wait_until(lambda: _ready(admin), 30, "the second Envoy")
+        wait_until(lambda: _ready(metrics), 30, "the second Envoy")
         failures = await _load(f"127.0.0.1:{ingress}", 12, workers=4)
     finally:
         envoy.terminate()
@@ -178,9 +182,9 @@ async def test_the_local_rate_limit_answers_resource_exhausted(platform, tmp_pat
     assert failures and {f.code() for f in failures} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def _ready(admin_port: int) -> bool:
+def _ready(metrics_port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=1) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/ready", timeout=1) as reply:
             return reply.status == 200
     except OSError:
         return False
@@ -192,8 +196,9 @@ def test_the_verify_script_passes(platform):
         ["bash", "envoy/verify.sh"],
         env={
             **os.environ,
-            "ENVOY_ADMIN": f"{s.envoy.envoy_admin_addr}",
+            "ENVOY_ADMIN_SOCKET": str(s.envoy_admin_path),
             "ENVOY_INGRESS": s.envoy.envoy_addr,
+            "ENVOY_INTERNAL": s.envoy.envoy_internal_addr,
             "BUF": str(Path(sys.executable).parent / "buf"),
         },
         capture_output=True,

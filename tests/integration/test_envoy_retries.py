@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -19,6 +18,7 @@ from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import router_pb2, router_pb2_grpc
 from spiral_common import errors
 from spiral_common.config import load_settings
+from spiral_common.envoy_admin import admin_call
 from spiral_common.grpc_service import to_rpc_status
 from tests.helpers import reason_of, wait_until
 
@@ -39,10 +39,9 @@ class RefusingRouter(router_pb2_grpc.RouterServiceServicer):
         await context.abort_with_status(to_rpc_status(refusal, "router.spiral"))
 
 
-def _healthy_routers(admin_port: int) -> int:
+def _healthy_routers(admin_socket: Path) -> int:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/clusters", timeout=1) as reply:
-            lines = reply.read().decode().splitlines()
+        lines = admin_call(admin_socket, "/clusters", timeout_s=1).splitlines()
     except OSError:
         return 0
     return sum(1 for line in lines if line.startswith("router_") and line.endswith("::health_flags::healthy"))
@@ -62,13 +61,14 @@ async def _router_server() -> tuple[grpc.aio.Server, RefusingRouter, int]:
 
 async def test_a_no_tier_answered_refusal_reaches_one_router_once_with_the_callers_deadline(tmp_path):
     (main, main_router, main_port), (canary, canary_router, canary_port) = [await _router_server() for _ in range(2)]
-    ingress, admin, head, trainer, miner = free_ports(5)
+    ingress, internal, metrics, head, trainer, miner = free_ports(6)
     settings = load_settings(
         {
             "SPIRAL_PROFILE": "quick_test",
             "SPIRAL_RUN_DIR": str(tmp_path),
             "SPIRAL_ENVOY_ADDR": f"127.0.0.1:{ingress}",
-            "SPIRAL_ENVOY_ADMIN_ADDR": f"127.0.0.1:{admin}",
+            "SPIRAL_ENVOY_INTERNAL_ADDR": f"127.0.0.1:{internal}",
+            "SPIRAL_ENVOY_METRICS_ADDR": f"127.0.0.1:{metrics}",
             "SPIRAL_ROUTER_MAIN_ADDR": f"127.0.0.1:{main_port}",
             "SPIRAL_ROUTER_CANARY_ADDR": f"127.0.0.1:{canary_port}",
             "SPIRAL_HEAD_ADDR": f"127.0.0.1:{head}",
@@ -83,7 +83,9 @@ async def test_a_no_tier_answered_refusal_reaches_one_router_once_with_the_calle
         [ENVOY, "-c", str(config), "--use-dynamic-base-id", "--log-level", "error"], stdout=subprocess.DEVNULL
     )
     try:
-        await asyncio.to_thread(wait_until, lambda: _healthy_routers(admin) == 2, 30, "Envoy to see both routers")
+        await asyncio.to_thread(
+            wait_until, lambda: _healthy_routers(settings.envoy_admin_path) == 2, 30, "Envoy to see both routers"
+        )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ingress}") as channel:
             stub = router_pb2_grpc.RouterServiceStub(channel)
             request = router_pb2.OrchestrateRequest(

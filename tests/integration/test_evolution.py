@@ -43,8 +43,10 @@ def taught_traffic(platform):
 
 
 def canary_answer(platform, prompt: str) -> tuple[str, str]:
-    """What the canary heads answer, greedily, and the adapter they serve."""
-    with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
+    """What the canary heads answer, greedily, and the adapter they serve (the heads are reached through Envoy's
+    internal listener, with a credential)."""
+    operator = bearer(operator_token(platform.settings))
+    with grpc.insecure_channel(platform.settings.envoy.envoy_internal_addr) as channel:
         heads = head_pb2_grpc.HeadServiceStub(channel)
         request = head_pb2.GenerateRequest(
             head="precise",
@@ -52,8 +54,9 @@ def canary_answer(platform, prompt: str) -> tuple[str, str]:
             params=chat_pb2.GenerationParams(max_tokens=24, temperature=0.0, seed=1),
             track="canary",
         )
-        text = "".join(r.delta.text for r in heads.Generate(request, timeout=60) if r.HasField("delta"))
-        info = heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), timeout=10).heads[0]
+        replies = heads.Generate(request, metadata=operator, timeout=60)
+        text = "".join(r.delta.text for r in replies if r.HasField("delta"))
+        info = heads.GetHeadInfo(head_pb2.GetHeadInfoRequest(), metadata=operator, timeout=10).heads[0]
     return text, info.canary_adapter_version
 
 
@@ -78,14 +81,14 @@ def test_evolution_once_publishes_an_adapter_that_changes_the_canary_answer(plat
 
 
 def test_a_trainer_killed_mid_job_is_restarted_and_the_job_ends_once(platform, taught_traffic):
-    address = platform.settings.envoy.envoy_addr
+    address = platform.settings.envoy.envoy_internal_addr  # SubmitJob is not on the public ingress
     with grpc.insecure_channel(address) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         operator = bearer(operator_token(platform.settings))
         job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL), metadata=operator).job
 
         def training() -> bool:
-            current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id)).job
+            current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), metadata=operator).job
             running = current.state == trainer_pb2.JOB_STATE_RUNNING
             return running and current.progress.stage == trainer_pb2.JOB_STAGE_TRAIN
 
@@ -95,7 +98,7 @@ def test_a_trainer_killed_mid_job_is_restarted_and_the_job_ends_once(platform, t
 
         def finished() -> trainer_pb2.Job | None:
             try:
-                current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=5).job
+                current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), metadata=operator, timeout=5).job
             except grpc.RpcError:
                 return None  # Envoy finds the restarted trainer after a health check or two
             unfinished = (trainer_pb2.JOB_STATE_QUEUED, trainer_pb2.JOB_STATE_RUNNING)
@@ -111,17 +114,19 @@ def test_a_mining_job_runs_the_miner(platform, taught_traffic):
     """The 6-hourly job, run now: the trainer's worker asks the miner to mine the traffic log."""
     from spiral.miner.v1 import miner_pb2, miner_pb2_grpc
 
-    with grpc.insecure_channel(platform.settings.envoy.envoy_addr) as channel:
+    with grpc.insecure_channel(platform.settings.envoy.envoy_internal_addr) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         operator = bearer(operator_token(platform.settings))
         job = stub.SubmitJob(trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_MINE), metadata=operator).job
 
         def finished() -> trainer_pb2.Job | None:
-            current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=5).job
+            current = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), metadata=operator, timeout=5).job
             unfinished = (trainer_pb2.JOB_STATE_QUEUED, trainer_pb2.JOB_STATE_RUNNING)
             return current if current.state not in unfinished else None
 
         done = wait_until(finished, 300, "the mining job to finish", interval_s=0.5)
         assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
-        patterns = miner_pb2_grpc.MinerServiceStub(channel).ListPatterns(miner_pb2.ListPatternsRequest())
+        patterns = miner_pb2_grpc.MinerServiceStub(channel).ListPatterns(
+            miner_pb2.ListPatternsRequest(), metadata=operator
+        )
     assert patterns.pattern_set_version >= 1  # the run published a pattern set

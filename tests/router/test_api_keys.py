@@ -59,6 +59,7 @@ class Router:
                 "SPIRAL_GATEWAY_REQUEST_TIMEOUT_S": "20",
             },
             envoy_addr=self.address,
+            envoy_internal_addr=self.address,  # the admin RPCs go to Envoy's internal listener: here, the router
         )
         app = create_app(settings, CollectorRegistry())
         async with app.router.lifespan_context(app):

@@ -8,11 +8,13 @@ from spiral_common.config import ConfigError, Settings, load_settings, settings_
 def test_default_profile_is_the_embedded_defaults():
     settings = load_settings({})
     assert settings == Settings(run_dir="run/default")
-    assert (settings.gateway.gateway_addr, settings.envoy.envoy_addr, settings.envoy.envoy_admin_addr) == (
+    assert (settings.gateway.gateway_addr, settings.envoy.envoy_addr, settings.envoy.envoy_internal_addr) == (
         "127.0.0.1:8080",
         "127.0.0.1:10000",
-        "127.0.0.1:9901",
+        "127.0.0.1:10001",
     )
+    assert settings.envoy_admin_path == settings.run_path / "envoy-admin.sock"
+    assert settings.head.endpoints == [settings.head.head_addr]
     assert settings.envoy.canary_weight_percent == 5
 
 
@@ -32,7 +34,8 @@ def test_environment_overrides_the_profile():
         ({"SPIRAL_HEAD_ADDR": "127.0.0.1:http"}, "SPIRAL_HEAD_ADDR"),
         ({"SPIRAL_HEAD_ADDR": "127.0.0.1:70000"}, "SPIRAL_HEAD_ADDR"),
         ({"SPIRAL_GATEWAY_ADDR": "127.0.0.1:0"}, "SPIRAL_GATEWAY_ADDR"),
-        ({"SPIRAL_ENVOY_ADMIN_ADDR": "0.0.0.0:9901"}, "SPIRAL_ENVOY_ADMIN_ADDR"),
+        ({"SPIRAL_ENVOY_ADMIN_ADDR": "0.0.0.0:9901"}, "SPIRAL_ENVOY_ADMIN_SOCKET"),  # replaced by the socket
+        ({"SPIRAL_HEAD_ENDPOINTS": "10.0.0.1:50061,nope"}, "SPIRAL_HEAD_ENDPOINTS"),
         ({"SPIRAL_HEAD_PORT": "50061"}, "SPIRAL_HEAD_PORT"),  # replaced by SPIRAL_HEAD_ADDR: not silently ignored
         ({"SPIRAL_CANARY_WEIGHT_PERCENT": "101"}, "SPIRAL_CANARY_WEIGHT_PERCENT"),
         ({"SPIRAL_DEFAULT_TEMPERATURE": "hot"}, "SPIRAL_DEFAULT_TEMPERATURE"),

@@ -101,8 +101,8 @@ def test_stages_can_be_chosen(tmp_path, monkeypatch):
     assert [s["number"] for s in json.loads((tmp_path / "gate-summary.json").read_text())["stages"]] == [1, 5]
 
 
-def test_the_gate_has_the_ten_stages_of_the_issue_the_hostile_input_and_the_kubernetes_stages():
-    assert [s.number for s in stages.STAGES] == list(range(1, 13))
+def test_the_gate_has_the_ten_stages_of_the_issue_the_hostile_input_the_kubernetes_and_multi_host_stages():
+    assert [s.number for s in stages.STAGES] == list(range(1, 14))
 
 
 def test_the_trainer_stage_is_red_until_a_test_is_marked_for_it(tmp_path):

@@ -78,8 +78,10 @@ def test_pods_bind_every_interface_and_reach_each_other_by_cluster_dns():
     env = _env(docs)
     assert env["SPIRAL_REDIS_ADDR"] == "spiral-redis.spiral.svc.cluster.local:6390"
     assert env["SPIRAL_ENVOY_ADDR"] == "spiral-envoy.spiral.svc.cluster.local:10000"
-    # Callers reach the heads through Envoy, which balances over the head pods.
-    assert env["SPIRAL_HEAD_ADDR"] == env["SPIRAL_ENVOY_ADDR"]
+    # The routers reach the heads through Envoy's internal listener, which balances over the head pods of the
+    # heads' headless Service.
+    assert env["SPIRAL_ENVOY_INTERNAL_ADDR"] == "spiral-envoy.spiral.svc.cluster.local:10001"
+    assert env["SPIRAL_HEAD_ADDR"] == "spiral-head.spiral.svc.cluster.local:50061"
     head = _by_kind(docs, "Deployment")["spiral-head"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "SPIRAL_HEAD_ADDR", "value": "0.0.0.0:50061"} in head["env"]
     router = _by_kind(docs, "Deployment")["spiral-router-canary"]["spec"]["template"]["spec"]["containers"][0]
@@ -94,7 +96,7 @@ def test_envoy_listens_on_every_interface_and_resolves_the_heads_headless_servic
     config = yaml.safe_load(envoy_yaml)
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]
     assert listener == {"address": "0.0.0.0", "port_value": 10000}
-    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"  # admin stays on loopback
+    assert config["admin"]["address"]["pipe"] == {"path": "/tmp/envoy-admin.sock", "mode": 0o600}  # not over TCP
     head = next(c for c in config["static_resources"]["clusters"] if c["name"] == "head")
     assert head["type"] == "STRICT_DNS"
     endpoint = head["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
@@ -126,9 +128,10 @@ def test_network_policies_deny_by_default_and_let_clients_reach_only_the_gateway
             if "namespaceSelector" not in peer
         }
 
-    assert callers("redis") == {"router-main", "router-canary", "trainer", "miner"}
+    assert callers("redis") == {"router-main", "router-canary", "trainer", "miner", "head"}
     assert callers("redis-cache") == {"router-main", "router-canary"}
     assert callers("head") == {"envoy"}
+    assert callers("trainer") == {"envoy", "head"}  # the heads pull adapters (FetchAdapter)
     assert callers("envoy") == {"gateway", "router-main", "router-canary", "trainer"}
     # Only the routers leave the cluster (the cloud tier, HTTPS).
     leaving = [n for n, p in policies.items() if any("ipBlock" in str(r) for r in p["spec"].get("egress", []))]

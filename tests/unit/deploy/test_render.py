@@ -1,6 +1,7 @@
 """Envoy and supervisord configs rendered from a profile: valid for Envoy, and true to the profile."""
 
 import configparser
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,16 +30,23 @@ def test_envoy_validates_every_rendered_profile(profile, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _route(config: dict, prefix: str) -> dict:
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
-    return next(r for r in routes if r["match"]["prefix"] == prefix)
+def _routes(config: dict, listener: str = "grpc_ingress") -> list[dict]:
+    found = next(x for x in config["static_resources"]["listeners"] if x["name"] == listener)
+    manager = found["filter_chains"][0]["filters"][0]["typed_config"]
+    return manager["route_config"]["virtual_hosts"][0]["routes"]
+
+
+def _route(config: dict, prefix: str, listener: str = "grpc_ingress") -> dict:
+    return next(r for r in _routes(config, listener) if r["match"].get("prefix") == prefix)
+
+
+ROUTER_CLIENT_RPCS = "/spiral.router.v1.RouterService/"
 
 
 def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_path):
     settings = load_settings({"SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_CANARY_WEIGHT_PERCENT": "25"})
     config = yaml.safe_load(render_envoy(settings))
-    route = _route(config, "/spiral.router.v1.")["route"]
+    route = _route(config, ROUTER_CLIENT_RPCS)["route"]
     split = route["weighted_clusters"]
     assert split["runtime_key_prefix"] == "spiral.routers"
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 75, "canary_first": 25}
@@ -56,7 +64,7 @@ def test_router_traffic_is_split_by_runtime_weights_without_route_timeout(tmp_pa
 
 def test_only_calls_no_router_saw_are_retried_and_on_the_other_router(tmp_path):
     config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
-    policy = _route(config, "/spiral.router.v1.")["route"]["retry_policy"]
+    policy = _route(config, ROUTER_CLIENT_RPCS)["route"]["retry_policy"]
     # No gRPC status: NO_TIER_ANSWERED (UNAVAILABLE), overload (RESOURCE_EXHAUSTED) and DEADLINE_EXCEEDED are
     # a router's answers, which a retry would only repeat; a reset before any response (a dead router) is retried.
     assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset"}
@@ -67,8 +75,7 @@ def test_only_calls_no_router_saw_are_retried_and_on_the_other_router(tmp_path):
 
 def test_every_route_honours_the_callers_grpc_timeout_and_streams_have_no_route_timeout(tmp_path):
     config = yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})))
-    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    routes = [r for listener in ("grpc_ingress", "grpc_internal") for r in _routes(config, listener) if "route" in r]
     assert len(routes) > 1
     for route in routes:
         assert route["route"]["timeout"] == "0s", route["match"]
@@ -85,21 +92,98 @@ def test_a_set_weight_survives_a_restart(tmp_path, monkeypatch):
     assert sent == [0]
     restarted = load_settings({"SPIRAL_RUN_DIR": str(tmp_path)})
     assert canary.current_weight(restarted) == 0
-    split = _route(yaml.safe_load(render_envoy(restarted)), "/spiral.router.v1.")["route"]["weighted_clusters"]
+    split = _route(yaml.safe_load(render_envoy(restarted)), ROUTER_CLIENT_RPCS)["route"]["weighted_clusters"]
     assert {c["name"]: c["weight"] for c in split["clusters"]} == {"main_first": 100, "canary_first": 0}
     with pytest.raises(InvalidArgument):
         canary.set_weight(settings, 101)
     assert sent == [0]
 
 
-def test_admin_listens_on_loopback_and_ports_come_from_the_profile():
-    settings = load_settings({"SPIRAL_PROFILE": "quick_test"})
+def test_admin_is_a_unix_socket_only_its_owner_may_open_and_ports_come_from_the_profile(tmp_path):
+    settings = load_settings({"SPIRAL_PROFILE": "quick_test", "SPIRAL_RUN_DIR": str(tmp_path)})
     config = yaml.safe_load(render_envoy(settings))
-    admin = config["admin"]["address"]["socket_address"]
-    assert (admin["address"], admin["port_value"]) == ("127.0.0.1", settings.envoy.envoy_admin_addr.port)
+    assert config["admin"]["address"] == {"pipe": {"path": str(tmp_path / "envoy-admin.sock"), "mode": 0o600}}
+    # Over TCP, Envoy serves its statistics and readiness, nothing else of the admin interface.
+    metrics = next(x for x in config["static_resources"]["listeners"] if x["name"] == "envoy_metrics")
+    assert metrics["address"]["socket_address"]["port_value"] == settings.envoy.envoy_metrics_addr.port
+    assert {r["match"]["path"] for r in _routes(config, "envoy_metrics")} == {"/stats/prometheus", "/ready"}
     head = next(c for c in config["static_resources"]["clusters"] if c["name"] == "head")
     address = head["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert (address["address"], address["port_value"]) == ("127.0.0.1", settings.head.head_addr.port)
+
+
+def _matched(routes: list[dict], path: str, headers: dict[str, str] | None = None) -> dict | None:
+    """The route Envoy picks for a call (prefix, path and the regex this config uses; header presence)."""
+    for route in routes:
+        match = route["match"]
+        if "prefix" in match and not path.startswith(match["prefix"]):
+            continue
+        if "path" in match and path != match["path"]:
+            continue
+        if "safe_regex" in match and not re.match(match["safe_regex"]["regex"], path):
+            continue
+        present = {h["name"]: h["present_match"] for h in match.get("headers", [])}
+        if any((name in (headers or {})) != wanted for name, wanted in present.items()):
+            continue
+        return route
+    return None
+
+
+STATE_CHANGING = [
+    "/spiral.head.v1.HeadService/LoadAdapter",
+    "/spiral.trainer.v1.TrainerService/SubmitJob",
+    "/spiral.trainer.v1.TrainerService/CancelJob",
+    "/spiral.miner.v1.MinerService/Mine",
+    "/spiral.router.v1.AdminService/SetCanaryWeight",
+    "/spiral.router.v1.AdminService/ReloadAdapter",
+]
+
+
+def test_the_public_ingress_routes_client_and_read_only_calls_and_no_state_change(tmp_path):
+    routes = _routes(yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)}))))
+    for path in [*STATE_CHANGING, "/spiral.head.v1.HeadService/Generate"]:
+        assert _matched(routes, path, {"authorization": "Bearer x"}) is None, path
+    for path in (
+        "/spiral.router.v1.RouterService/Orchestrate",
+        "/spiral.router.v1.RouterService/OrchestrateStream",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/spiral.miner.v1.MinerService/ListPatterns",
+    ):
+        assert _matched(routes, path) is not None, path
+
+
+def test_the_internal_listener_refuses_a_call_without_a_token_and_routes_one_with_it(tmp_path):
+    routes = _routes(yaml.safe_load(render_envoy(load_settings({"SPIRAL_RUN_DIR": str(tmp_path)}))), "grpc_internal")
+    for path in [*STATE_CHANGING, "/spiral.head.v1.HeadService/Generate"]:
+        assert _matched(routes, path)["direct_response"]["status"] == 401, path
+        assert "route" in _matched(routes, path, {"authorization": "Bearer x"}), path
+    assert "route" in _matched(routes, "/grpc.health.v1.Health/Check")  # health and reflection need no token
+
+
+def test_the_heads_are_a_balanced_health_checked_cluster_of_every_endpoint(tmp_path):
+    settings = load_settings(
+        {"SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_HEAD_ENDPOINTS": "10.77.0.3:50061, 10.77.0.4:50062"}
+    )
+    config = yaml.safe_load(render_envoy(settings))
+    head = next(c for c in config["static_resources"]["clusters"] if c["name"] == "head")
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"] for e in head["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert [(e["address"], e["port_value"]) for e in endpoints] == [("10.77.0.3", 50061), ("10.77.0.4", 50062)]
+    assert (head["type"], head["lb_policy"]) == ("STATIC", "LEAST_REQUEST")
+    assert head["health_checks"][0]["grpc_health_check"]["service_name"] == "spiral.head.v1.HeadService"
+    # Ejected when Envoy cannot reach it; never for a gRPC status the head answered (a lone head would be gone).
+    outliers = head["outlier_detection"]
+    assert outliers["split_external_local_origin_errors"] and outliers["consecutive_local_origin_failure"] >= 1
+    assert outliers["enforcing_consecutive_5xx"] == outliers["enforcing_consecutive_gateway_failure"] == 0
+    policy = _route(config, "/spiral.head.v1.", "grpc_internal")["route"]["retry_policy"]
+    assert set(policy["retry_on"].split(",")) == {"connect-failure", "refused-stream", "reset", "unavailable"}
+    assert [p["name"] for p in policy["retry_host_predicate"]] == ["envoy.retry_host_predicates.previous_hosts"]
+    # a DNS name (a Kubernetes headless Service) is resolved to every address it has
+    named = load_settings({"SPIRAL_RUN_DIR": str(tmp_path), "SPIRAL_HEAD_ENDPOINTS": "spiral-head.ns.svc:50061"})
+    head = next(c for c in yaml.safe_load(render_envoy(named))["static_resources"]["clusters"] if c["name"] == "head")
+    assert head["type"] == "STRICT_DNS"
 
 
 def test_each_cluster_points_at_its_service_address():

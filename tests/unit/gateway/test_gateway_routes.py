@@ -83,7 +83,9 @@ def router():
 @pytest.fixture(scope="module")
 def client(router):
     _, port = router
-    app = create_app(load_settings({}, envoy_addr=f"127.0.0.1:{port}"), CollectorRegistry())
+    # The stand-in router answers on both of Envoy's listeners: the public one and the internal one (admin).
+    settings = load_settings({}, envoy_addr=f"127.0.0.1:{port}", envoy_internal_addr=f"127.0.0.1:{port}")
+    app = create_app(settings, CollectorRegistry())
     with TestClient(app) as client:
         yield client
 

@@ -14,7 +14,7 @@ from router_svc.deadline import MARGIN_S, NO_DEADLINE, deadline_after, time_left
 from router_svc.heads_client import HeadDone, HeadText
 from router_svc.tiers.base import Pass, TierResult
 from spiral_common.enums import Outcome, Tier
-from spiral_common.errors import DeadlineExceeded
+from spiral_common.errors import DeadlineExceeded, Unavailable
 from tests.helpers import wait_until_async
 from tests.unit.router.test_tiers import FakeTier, _cascade, _chat
 
@@ -96,3 +96,25 @@ async def test_without_a_callers_deadline_the_council_keeps_its_own():
     heads = SlowHeads(delay_s=0)
     result = await _council(heads, deadline_s=7).run(_chat(), "r")
     assert result.winner is not None and heads.timeouts == [7, 7]
+
+
+class DyingReplica:
+    """The first call to each member streams a token and is cut (its head's host died); the next answers."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
+        self.calls.append(head)
+        yield HeadText("Par")
+        if self.calls.count(head) == 1:
+            raise Unavailable("head failed: UNAVAILABLE: upstream reset", reason="HEAD_UNAVAILABLE")
+        yield HeadText("is.")
+        yield HeadDone("stop", 1, 1, head, "")
+
+
+async def test_a_member_whose_head_replica_died_mid_answer_is_asked_once_more():
+    heads = DyingReplica()
+    result = await _council(heads, deadline_s=7).run(_chat(), "r")  # type: ignore[arg-type]
+    assert sorted(heads.calls) == ["a", "a", "b", "b"]
+    assert [c.text for c in result.candidates] == ["Paris.", "Paris."] and result.winner is not None

@@ -180,3 +180,25 @@ class ListAdaptersResponse(_message.Message):
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     adapters: _containers.RepeatedCompositeFieldContainer[Adapter]
     def __init__(self, adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ...) -> None: ...
+
+class FetchAdapterRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    def __init__(self, version: _Optional[str] = ...) -> None: ...
+
+class AdapterRecord(_message.Message):
+    __slots__ = ("adapter", "sha256")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    adapter: Adapter
+    sha256: str
+    def __init__(self, adapter: _Optional[_Union[Adapter, _Mapping]] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class FetchAdapterResponse(_message.Message):
+    __slots__ = ("record", "chunk")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    record: AdapterRecord
+    chunk: bytes
+    def __init__(self, record: _Optional[_Union[AdapterRecord, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...

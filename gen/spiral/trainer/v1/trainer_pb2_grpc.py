@@ -61,6 +61,11 @@ class TrainerServiceStub:
                 request_serializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersRequest.SerializeToString,
                 response_deserializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersResponse.FromString,
                 _registered_method=True)
+        self.FetchAdapter = channel.unary_stream(
+                '/spiral.trainer.v1.TrainerService/FetchAdapter',
+                request_serializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterRequest.SerializeToString,
+                response_deserializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -104,6 +109,16 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchAdapter(self, request, context):
+        """FetchAdapter streams one registered adapter's file, for a head on any host
+        to verify and cache before loading it: first its record, then the file in
+        chunks of at most 1 MiB. Read-only, but only for the services and
+        operators (it needs the service or the admin token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ListAdapters,
                     request_deserializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersRequest.FromString,
                     response_serializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersResponse.SerializeToString,
+            ),
+            'FetchAdapter': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchAdapter,
+                    request_deserializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterRequest.FromString,
+                    response_serializer=spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +290,33 @@ class TrainerService:
             '/spiral.trainer.v1.TrainerService/ListAdapters',
             spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersRequest.SerializeToString,
             spiral_dot_trainer_dot_v1_dot_trainer__pb2.ListAdaptersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spiral.trainer.v1.TrainerService/FetchAdapter',
+            spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterRequest.SerializeToString,
+            spiral_dot_trainer_dot_v1_dot_trainer__pb2.FetchAdapterResponse.FromString,
             options,
             channel_credentials,
             insecure,
