@@ -51,7 +51,7 @@ class AnswerCache:
     The answers live on the cache server (which may evict anything), beside a copy of the adapter versions
     their keys are made with; the versions themselves live on the state server (`versions`). A lookup that
     finds no copy reads the state server's version, puts the copy back (unless an adapter switch did first)
-    and counts as a miss."""
+    and looks again: a router's first lookup after a start is not a miss for want of the copy."""
 
     def __init__(self, redis: Redis, *, prefix: str, track: str, ttl_s: int, versions: Redis | None = None) -> None:
         self.redis = redis
@@ -65,10 +65,12 @@ class AnswerCache:
         """(the answer or None, the adapter version now serving, the entry key to store under)."""
         digest = request_digest(chat)
         version, raw = await self._lookup(keys=[self.version_key], args=[self.entry_prefix, digest])
-        if version is None:
-            version = await self.versions.get(self.version_key) or b""
-            await self.redis.set(self.version_key, version, nx=True)
-            raw = None
+        if version is None:  # the copy is gone (a fresh or evicted cache server): put it back, then look again
+            authoritative = await self.versions.get(self.version_key) or b""
+            await self.redis.set(self.version_key, authoritative, nx=True)  # unless an adapter switch did first
+            version, raw = await self._lookup(keys=[self.version_key], args=[self.entry_prefix, digest])
+            if version is None:  # evicted again at once: a miss, keyed by the authoritative version
+                version, raw = authoritative, None
         version = version.decode() if isinstance(version, bytes) else version
         key = f"{self.entry_prefix}{version}:{digest}"
         return (CachedAnswer(**json.loads(raw)) if raw else None), version, key
