@@ -39,6 +39,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.miner import DEFAULT_DATA, load_vectors
+from bench.peers import prime
 from deploy.gate.load import cache_request, grpc_load, rest_load
 from deploy.platform import Platform, free_port_env
 from miner_svc.mining import Example, MinerConfig, MiningInput, mine_patterns
@@ -275,6 +276,9 @@ def main() -> None:
         chat_url = f"http://{settings.gateway.gateway_addr}/v1/chat/completions"
         results = {}
         if not args.pattern_only:
+            # The REST request is another cache key than the gRPC one (its model): primed too, or its first
+            # seconds would be misses into a cold council, not cache hits.
+            prime(chat_url, "", "the gateway")
             results = {
                 "grpc_cache_hit_via_envoy": asyncio.run(
                     grpc_load(envoy, cache_request, args.duration, args.concurrency)
