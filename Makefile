@@ -58,7 +58,7 @@ ci-up:
 evolution-once: bootstrap
 	$(PY) -m trainer_svc.evolution_once $(if $(TIME_BUDGET_S),--time-budget-s $(TIME_BUDGET_S))
 
-# The release gate (ten stages, the hostile-input stage and the Kubernetes manifests' validation) (docs/gate.md): artifacts/gate-summary.{json,md}, artifacts/titanic.json.
+# The release gate (thirteen stages: docs/gate.md): artifacts/gate-summary.{json,md}, artifacts/titanic.json, artifacts/hostile.json.
 # STAGES=1,2,4 runs only those stages.
 gate: bootstrap
 	$(PY) -m deploy.gate $(if $(STAGES),--stages $(STAGES))
