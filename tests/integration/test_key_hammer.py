@@ -58,6 +58,7 @@ def routers(cloud, redis_url, prefix, tmp_path):
             f"SPIRAL_ROUTER_{track.upper()}_ADDR": f"127.0.0.1:{port}",
             f"SPIRAL_ROUTER_{track.upper()}_METRICS_ADDR": f"127.0.0.1:{metrics_port}",
             "SPIRAL_REDIS_ADDR": f"127.0.0.1:{redis_port}",
+            "SPIRAL_REDIS_CACHE_ADDR": f"127.0.0.1:{redis_port}",  # one bare Redis for both, never a running 6391
             "SPIRAL_REDIS_PREFIX": prefix,
             "SPIRAL_COUNCIL_HEADS": "",
             "SPIRAL_CLOUD_PROVIDERS_FILE": str(providers),
