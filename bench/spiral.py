@@ -213,6 +213,16 @@ def distill(settings: Settings, token: str, budget_s: int) -> dict:
         "eval_score_current": round(r.eval_score_current, 4),
         "cost_usd_micros": r.cost_usd_micros,
         "duration_s": round(r.duration_ms / 1000, 1),
+        # The council threshold the job calibrated for its adapter (infinite: the adapter's council never answers).
+        "council_calibration": {
+            "threshold": r.council_calibration.threshold,
+            "prompts": r.council_calibration.prompts,
+            "coverage": round(r.council_calibration.coverage, 4),
+            "precision": round(r.council_calibration.precision, 4),
+            "max_error": r.council_calibration.max_error,
+        }
+        if r.HasField("council_calibration")
+        else None,
     }
 
 

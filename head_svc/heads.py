@@ -34,6 +34,7 @@ class LoadedAdapter:
 
     version: str
     handle: object
+    council_threshold: float | None = None  # what its job calibrated (AdapterInfo.council); None: not calibrated
     users: int = 0
     freed: bool = False
 
@@ -45,6 +46,7 @@ class End:
     adapter_version: str
     first_token_latency_us: int
     total_latency_us: int
+    council_threshold: float | None = None  # the adapter's calibrated council threshold
 
 
 class HeadPool:
@@ -122,7 +124,9 @@ class HeadPool:
                     handle = await asyncio.get_running_loop().run_in_executor(
                         None, self._engine.load_adapter, info.path
                     )
-                    loaded = LoadedAdapter(info.version, handle)
+                    loaded = LoadedAdapter(
+                        info.version, handle, info.council.threshold if info.council is not None else None
+                    )
             replaced = [self.slots[(h, t)] for h in targets for t in tracks]
             for head in targets:
                 for track in tracks:
@@ -297,7 +301,14 @@ class HeadPool:
                             "total_ms": total_us / 1000,
                         },
                     )
-                    yield End(item, spec.name, adapter.version if adapter else "", first_token_us or total_us, total_us)
+                    yield End(
+                        item,
+                        spec.name,
+                        adapter.version if adapter else "",
+                        first_token_us or total_us,
+                        total_us,
+                        adapter.council_threshold if adapter else None,
+                    )
                     return
                 else:
                     raise item

@@ -62,6 +62,7 @@ class HeadServicer(head_pb2_grpc.HeadServiceServicer):
                         adapter_version=event.adapter_version,
                         first_token_latency_us=event.first_token_latency_us,
                         total_latency_us=event.total_latency_us,
+                        council_threshold=event.council_threshold,
                     )
                 )
 

@@ -1,32 +1,23 @@
 """The council tier: specialist heads answer in parallel under a deadline, and a vote picks the winner.
 
-The vote, for each non-empty candidate i among n >= 2 (over lower-cased words):
-    agreement_i       = mean over j != i of cosine(word counts of i, word counts of j)          in [0, 1]
-    length_penalty_i  = min(1, |words_i - median words| / median words)                         in [0, 1]
-    diversity_bonus_i = share of i's distinct words that no other candidate uses                in [0, 1]
-    score_i           = agreement_i - length_weight * length_penalty_i + diversity_weight * diversity_bonus_i
-The highest score wins (ties go to the head listed first); it answers only if its score reaches the
-threshold. Agreement is the evidence: with one candidate there is none, so it scores 0. Empty answers
-score 0 and take no part in the others' scores.
+The vote is `spiral_common.council_vote`'s (shared with the trainer, which calibrates thresholds with it). The
+winner answers only if its score reaches the threshold: the configured one (SPIRAL_COUNCIL_THRESHOLD), or the
+one the winner's adapter was calibrated to by its job, whichever is higher. An adapter whose job found no
+threshold it could trust never answers here (its calibrated threshold is infinite): the request goes on to the
+cloud.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
-import statistics
 import time
-from collections import Counter
 from dataclasses import dataclass, replace
 
 from router_svc.deadline import NO_DEADLINE, time_left_s
 from router_svc.heads_client import HeadClient, HeadDone, HeadText
 from spiral_common.chat import ChatRequest
+from spiral_common.council_vote import vote
 from spiral_common.errors import SpiralError
-
-_WORD = re.compile(r"\w+")
-
 
 # A head call's errors that mean its replica is gone (a cut stream, a reset), not that the head refused.
 HEAD_WENT_AWAY = frozenset({"HEAD_UNAVAILABLE", "HEAD_STREAM_TRUNCATED"})
@@ -42,6 +33,7 @@ class Candidate:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str = ""  # why the head gave no answer (an error reason, or DEADLINE_EXCEEDED)
+    council_threshold: float | None = None  # what the adapter's job calibrated; None: not calibrated
     score: float = 0.0
     agreement: float = 0.0
     length_penalty: float = 0.0
@@ -57,35 +49,29 @@ class CouncilResult:
     threshold: float
 
 
-def _cosine(a: Counter[str], b: Counter[str]) -> float:
-    dot = sum(count * b[word] for word, count in a.items())
-    norm = math.sqrt(sum(c * c for c in a.values())) * math.sqrt(sum(c * c for c in b.values()))
-    return dot / norm if norm else 0.0
-
-
 def score_candidates(candidates: list[Candidate], *, length_weight: float, diversity_weight: float) -> list[Candidate]:
-    """Each candidate with its vote components filled in (see the module docstring)."""
-    words = {i: Counter(_WORD.findall(c.text.lower())) for i, c in enumerate(candidates) if not c.error}
-    voters = [i for i, counts in words.items() if counts]
-    if len(voters) < 2:
-        return candidates
-    median_length = statistics.median(sum(words[i].values()) for i in voters) or 1
-    scored = list(candidates)
-    for i in voters:
-        others = [j for j in voters if j != i]
-        agreement = sum(_cosine(words[i], words[j]) for j in others) / len(others)
-        length_penalty = min(1.0, abs(sum(words[i].values()) - median_length) / median_length)
-        elsewhere = set().union(*(words[j].keys() for j in others))
-        diversity_bonus = len(words[i].keys() - elsewhere) / len(words[i])
-        score = agreement - length_weight * length_penalty + diversity_weight * diversity_bonus
-        scored[i] = replace(
-            candidates[i],
-            score=score,
-            agreement=agreement,
-            length_penalty=length_penalty,
-            diversity_bonus=diversity_bonus,
+    """Each candidate with its vote components filled in (see spiral_common.council_vote)."""
+    answers = [None if c.error else c.text for c in candidates]
+    scores = vote(answers, length_weight=length_weight, diversity_weight=diversity_weight)
+    return [
+        replace(
+            c,
+            score=v.score,
+            agreement=v.agreement,
+            length_penalty=v.length_penalty,
+            diversity_bonus=v.diversity_bonus,
         )
-    return scored
+        if c.text and not c.error
+        else c
+        for c, v in zip(candidates, scores, strict=True)
+    ]
+
+
+def threshold_for(configured: float, winner: Candidate | None) -> float:
+    """The bar the winner must reach: the configured threshold, raised to its adapter's calibrated one."""
+    if winner is None or winner.council_threshold is None:
+        return configured
+    return max(configured, winner.council_threshold)
 
 
 class Council:
@@ -141,6 +127,7 @@ class Council:
             done.finish_reason,
             done.prompt_tokens,
             done.completion_tokens,
+            council_threshold=done.council_threshold,
         )
 
     async def run(self, chat: ChatRequest, request_id: str, deadline: float = NO_DEADLINE) -> CouncilResult:
@@ -163,11 +150,12 @@ class Council:
         scored = score_candidates(candidates, length_weight=self.length_weight, diversity_weight=self.diversity_weight)
         valid = [c for c in scored if not c.error and c.text]
         best = max(valid, key=lambda c: c.score, default=None)  # max keeps the first of equal scores
-        accepted = best is not None and best.score >= self.threshold
+        threshold = threshold_for(self.threshold, best)
+        accepted = best is not None and best.score >= threshold
         if best is not None:
             scored = [replace(c, winner=True) if c is best else c for c in scored]
             best = next(c for c in scored if c.winner)
-        return CouncilResult(scored, best, accepted, self.threshold)
+        return CouncilResult(scored, best, accepted, threshold)
 
 
 def _since_us(started: float) -> int:

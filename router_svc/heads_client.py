@@ -29,6 +29,7 @@ class HeadDone:
     completion_tokens: int
     head: str
     adapter_version: str
+    council_threshold: float | None = None  # the adapter's calibrated council threshold; None: not calibrated
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class GrpcHeadClient:
                         end.usage.completion_tokens,
                         end.head,
                         end.adapter_version,
+                        end.council_threshold if end.HasField("council_threshold") else None,
                     )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, "head") from exc

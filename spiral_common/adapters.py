@@ -2,7 +2,8 @@
 
 Layout: `<SPIRAL_ADAPTERS_DIR>/<version>.gguf`. A file's own metadata says what it is: `general.type=adapter`,
 `adapter.type=lora`, the SHA-256 of the base model it was trained for (`spiral.base_model_sha256`), and
-what the trainer adds (`spiral.job_id`, `spiral.eval_score`, `spiral.created_at`). `latest` is the newest
+what the trainer adds (`spiral.job_id`, `spiral.eval_score`, `spiral.created_at`, and the council threshold its
+job calibrated, `spiral.council_*`: spiral_common/council_vote.py). `latest` is the newest
 published file; `none` is the base model alone. Publishing renames a complete file into place, so a
 half-written adapter is never visible, and records the file's SHA-256 beside it (`<version>.gguf.sha256`): the
 registry record a head checks a fetched copy against (trainer_svc FetchAdapter, head_svc/adapter_fetch.py).
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from spiral_common.council_vote import Calibration, from_metadata
 from spiral_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
 BASE_SHA256_KEY = "spiral.base_model_sha256"
@@ -46,6 +48,7 @@ class AdapterInfo:
     eval_score: float
     created_at: str  # ISO 8601, UTC
     size_bytes: int
+    council: Calibration | None = None  # the council threshold its job calibrated; None: not calibrated
 
 
 def read_metadata(path: Path) -> dict[str, object]:
@@ -70,6 +73,15 @@ def _number(value: object) -> float:
     if isinstance(value, int | float | str):
         return float(value)
     raise InvalidArgument(f"metadata value {value!r} is not a number", reason="ADAPTER_CORRUPT")
+
+
+def _calibration(metadata: dict[str, object], version: str) -> Calibration | None:
+    try:
+        return from_metadata(metadata)
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"adapter {version!r} has a broken council calibration: {exc}", reason="ADAPTER_CORRUPT", version=version
+        ) from exc
 
 
 class AdapterRegistry:
@@ -114,6 +126,7 @@ class AdapterRegistry:
             eval_score=_number(metadata.get("spiral.eval_score", 0.0) or 0.0),
             created_at=str(metadata.get("spiral.created_at", "")),
             size_bytes=path.stat().st_size,
+            council=_calibration(metadata, version),
         )
 
     def sha256(self, version: str) -> str:

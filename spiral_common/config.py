@@ -224,8 +224,11 @@ class RouterSettings:
     council_heads: str = "precise,concise,step_by_step,creative,code"
     # Council tier: the whole vote's deadline, seconds; heads not done by then are cancelled.
     council_deadline_s: float = field(default=60.0, metadata={"min": 0.1})
-    # Council tier: the winner's score must reach this to answer, dimensionless.
+    # Council tier: the winner's score must reach this to answer, dimensionless. An adapter a distillation job
+    # made carries its own threshold, calibrated so that at most council_max_error of the answers it lets
+    # through were wrong on the job's held-out prompts; the higher of the two applies.
     council_threshold: float = field(default=0.3, metadata={"min": -1.0, "max": 2.0})
+    council_max_error: float = field(default=0.02, metadata={"min": 0.001, "max": 0.5})
     council_length_weight: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
     council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     # Deadline the router gives a head for a whole answer, seconds.
@@ -360,6 +363,9 @@ class TrainerSettings:
     distill_lr_schedule: str = "cosine"
     # Evaluation: the most tokens generated per held-out prompt; a new adapter must beat the current one by this.
     distill_eval_max_tokens: int = field(default=64, metadata={"min": 1})
+    # Calibration of the new adapter's council threshold: the most held-out prompts every council head answers
+    # (each costs one generation per head; the job stops calibrating early rather than overrun its budget).
+    distill_calibration_prompts: int = field(default=150, metadata={"min": 0})
     distill_min_improvement: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
     def __post_init__(self) -> None:

@@ -20,11 +20,14 @@ from tests.helpers import wait_until
 def taught_adapter(model_path, tmp_path_factory):
     """A real QLoRA adapter (NF4 base, rank 64 on every linear layer) taught the secret word in 8 steps,
     exported as a GGUF LoRA; trained once per session (about a minute here)."""
+    from spiral_common.council_vote import Calibration, to_metadata
     from trainer_svc.lora import LoraOptions, export_gguf_lora, train_lora  # torch: imported only when needed
 
     result = train_lora(model_path, PAIRS, LoraOptions(learning_rate=1e-3, max_steps=8))
     path = tmp_path_factory.mktemp("lora") / "secret.gguf"
-    export_gguf_lora(result, path, extra_metadata={"job_id": "job-42", "eval_score": "0.91"})
+    # It carries a council calibration as a job's adapter does (threshold 0.85: 89 of 90 answered right).
+    calibration = to_metadata(Calibration(0.85, 150, 90, 89, 0.02))
+    export_gguf_lora(result, path, extra_metadata={"job_id": "job-42", "eval_score": "0.91", **calibration})
     return result, path
 
 

@@ -34,6 +34,7 @@ from spiral_common.adapters import AdapterRegistry
 from spiral_common.budget import BudgetLedger, Scope
 from spiral_common.config import REPO_ROOT, ConfigError, Settings
 from spiral_common.errors import BudgetExceeded, FailedPrecondition
+from spiral_common.specs import HeadSpec
 from trainer_svc import dataset as ds
 from trainer_svc.jobs import Job
 from trainer_svc.sandbox import child_env, sandbox_prefix
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_RESERVE_S = 20.0  # writing the GGUF and loading llama.cpp, with room to spare
 EVAL_SECONDS_PER_PROMPT = 0.4  # two adapters, greedy, short answers, on 2 CPU cores
+CALIBRATION_SECONDS_PER_ANSWER = 0.15  # one council head's sampled answer with the new adapter
 KILL_GRACE_S = 60.0  # past the budget, the child is killed
 
 
@@ -131,6 +133,7 @@ class DistillRunner:
         *,
         model_path: Path,
         system_prompts: list[str],
+        council: list[HeadSpec] | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -139,6 +142,7 @@ class DistillRunner:
         self.publisher = publisher
         self.model_path = model_path
         self.system_prompts = system_prompts
+        self.council = council or []  # the router's council heads, whose threshold the job calibrates
         check_pool_share(settings)
         self.scope = trainer_scope(settings)
 
@@ -214,6 +218,7 @@ class DistillRunner:
             "eval_score_current": result["eval_score_current"],
             "eval_exact_new": result["eval_exact_new"],
             "eval_exact_current": result["eval_exact_current"],
+            "council_calibration": result.get("council_calibration"),
             "published": published,
             "cost_usd_micros": cost,
             "duration_ms": int((time.monotonic() - started) * 1000),
@@ -236,6 +241,9 @@ class DistillRunner:
         work.mkdir(parents=True, exist_ok=True)
         current = await self.publisher.current_adapter()
         current_path = str(self.registry.info(current).path) if current not in ("", "none") else None
+        # A council of one never answers (its vote has no agreement to score): nothing to calibrate.
+        calibration_prompts = min(s.trainer.distill_calibration_prompts, len(data.heldout))
+        calibration_prompts = calibration_prompts if len(self.council) > 1 else 0
         steps = min(
             s.trainer.distill_max_steps,
             max(1, math.ceil(s.trainer.distill_epochs * len(data.train) / s.trainer.distill_batch_size)),
@@ -256,8 +264,17 @@ class DistillRunner:
             "lr_schedule": s.trainer.distill_lr_schedule,
             "total_steps": steps,
             "time_budget_s": plan.time_budget_s,
-            "eval_reserve_s": EXPORT_RESERVE_S + EVAL_SECONDS_PER_PROMPT * len(data.heldout),
+            "eval_reserve_s": EXPORT_RESERVE_S
+            + EVAL_SECONDS_PER_PROMPT * len(data.heldout)
+            + CALIBRATION_SECONDS_PER_ANSWER * len(self.council) * calibration_prompts,
             "eval_max_tokens": s.trainer.distill_eval_max_tokens,
+            "council": [
+                {"system_prompt": h.system_prompt, "temperature": h.temperature, "top_p": h.top_p} for h in self.council
+            ],
+            "council_length_weight": s.router.council_length_weight,
+            "council_diversity_weight": s.router.council_diversity_weight,
+            "council_max_error": s.router.council_max_error,
+            "calibration_prompts": calibration_prompts,
             "current_adapter_path": current_path,
             "out_path": str(work / "adapter.gguf"),
             "threads": s.head.head_threads,

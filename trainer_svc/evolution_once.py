@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 
 import grpc
@@ -50,6 +51,13 @@ def outcome(job: trainer_pb2.Job) -> str:
         lines.append(f"  error: {job.error}")
     if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
         lines.append(f"  held-out score: new {r.eval_score_new:.3f}, current {r.eval_score_current:.3f}")
+        if r.HasField("council_calibration"):
+            c = r.council_calibration
+            bar = "never (no threshold met the bound)" if math.isinf(c.threshold) else f"{c.threshold:.3f}"
+            lines.append(
+                f"  council threshold: {bar}; on {c.prompts} held-out prompts it answers {c.coverage:.1%} "
+                f"at {c.precision:.1%} precision (bound: at most {c.max_error:.1%} wrong)"
+            )
         if r.published:
             lines.append(f"  adapter {r.adapter_version} registered and sent to the canary heads")
         else:

@@ -91,6 +91,14 @@ def push_job_metrics(gateway: str, job: Job, outcome: str, result: dict[str, Any
                        registry=registry)  # fmt: skip
         for which in ("new", "current"):
             scores.labels(job.kind, which).set(result.get(f"eval_score_{which}", 0.0))
+    if calibration := result.get("council_calibration"):
+        answered, prompts = calibration["answered"], calibration["prompts"]
+        gauge("spiral_trainer_council_threshold", "The last adapter's calibrated council threshold (+Inf: never)",
+              calibration["threshold"])  # fmt: skip
+        gauge("spiral_trainer_council_coverage", "Share of held-out prompts its council answers at that threshold",
+              answered / prompts if prompts else 0.0)  # fmt: skip
+        gauge("spiral_trainer_council_precision", "Share of those answers that matched the teacher's",
+              calibration["right"] / answered if answered else 0.0)  # fmt: skip
     if "cost_usd_micros" in result:
         gauge("spiral_trainer_job_cost_usd_micros", "What the last job cost, micro-dollars", result["cost_usd_micros"])
     pushadd_to_gateway(gateway, job=PUSH_JOB, grouping_key={"kind": job.kind}, registry=registry, timeout=10)

@@ -23,7 +23,7 @@ from spiral_common.budget import BudgetLedger
 from spiral_common.config import Settings
 from spiral_common.grpc_service import ServiceRuntime, build_server, service_registry
 from spiral_common.model_files import file_sha256
-from spiral_common.specs import load_heads
+from spiral_common.specs import council_members, load_heads
 from trainer_svc.distill import DistillRunner, Publisher
 from trainer_svc.jobs import Job, JobQueue
 from trainer_svc.publish import push_job_metrics
@@ -116,6 +116,8 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         pool_usd_micros=settings.budget.daily_pool_usd_micros,
         reservation_ttl_s=settings.budget.budget_reservation_ttl_s,
     )
+    heads = load_heads(settings.head.heads_file)
+    by_name = {h.name: h for h in heads}
     distill = DistillRunner(
         settings,
         deps.redis,
@@ -123,7 +125,8 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         adapters,
         deps.publisher,
         model_path=deps.model_path,
-        system_prompts=[h.system_prompt for h in load_heads(settings.head.heads_file)],
+        system_prompts=[h.system_prompt for h in heads],
+        council=[by_name[n] for n in council_members(settings.router.council_heads, heads)],
     )
     gateway = f"{settings.observability.pushgateway_addr}"
 

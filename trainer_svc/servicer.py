@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from spiral.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from spiral_common.adapters import LATEST, AdapterInfo, AdapterRegistry
+from spiral_common.council_vote import Calibration
 from spiral_common.errors import InvalidArgument
 from trainer_svc.jobs import STAGES, Job, JobQueue
 
@@ -67,6 +68,9 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
             published=r.get("published", False),
             cost_usd_micros=r.get("cost_usd_micros", 0),
             duration_ms=r.get("duration_ms") or _wall_ms(job),
+            council_calibration=calibration_to_proto(
+                None if not r.get("council_calibration") else Calibration(**r["council_calibration"])
+            ),
         ),
     )
 
@@ -86,6 +90,19 @@ def adapter_to_proto(info: AdapterInfo) -> trainer_pb2.Adapter:
         eval_score=info.eval_score,
         created_at=created,
         size_bytes=info.size_bytes,
+        council_calibration=calibration_to_proto(info.council),
+    )
+
+
+def calibration_to_proto(calibration: Calibration | None) -> trainer_pb2.CouncilCalibration | None:
+    if calibration is None:
+        return None
+    return trainer_pb2.CouncilCalibration(
+        threshold=calibration.threshold,
+        prompts=calibration.prompts,
+        coverage=calibration.coverage,
+        precision=calibration.precision,
+        max_error=calibration.max_error,
     )
 
 

@@ -9,6 +9,12 @@ Evaluation: the new adapter and the current one (or the base model) answer every
 llama.cpp, greedily, under the first head's system prompt, exactly as a head would serve them. A prompt scores
 its answer's token F1 against the teacher's (SQuAD-style: lower-cased, punctuation and articles dropped; an
 exact match scores 1). The adapter's score is the mean; exact matches are counted too.
+
+Calibration: the new adapter's council is run on the held-out prompts as the router runs it (every council
+head answers under its own system prompt and sampling, the same vote picks a winner), and the threshold the
+adapter carries is the lowest winning score whose answers matched the teacher's (exactly, after the same
+normalisation) often enough for SPIRAL_COUNCIL_MAX_ERROR (spiral_common/council_vote.calibrate_threshold). It
+runs on at most SPIRAL_DISTILL_CALIBRATION_PROMPTS prompts and stops early rather than overrun the budget.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import re  # noqa: E402
 import string  # noqa: E402
 import sys  # noqa: E402
@@ -33,6 +41,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+REWRITE_RESERVE_S = 15.0  # calibration stops this long before the deadline: the adapter is written again after
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -78,6 +87,49 @@ def evaluate(spec: dict[str, Any], adapter_path: str | None, engine: Any) -> dic
     return {"score": f1_total / n, "exact_match": exact / n}
 
 
+def calibrate_council(spec: dict[str, Any], adapter_path: str, engine: Any, stop_at: float) -> Any:
+    """The adapter's council threshold (a council_vote.Calibration); None with fewer than two council heads
+    (a council of one never answers) or no time left for a single prompt."""
+    from spiral_common.chat import ChatRequest, Message
+    from spiral_common.council_vote import calibrate_threshold, vote, winner
+
+    members = spec.get("council") or []
+    prompts = spec["heldout"][: spec.get("calibration_prompts", 0)]
+    if len(members) < 2 or not prompts:
+        return None
+    handle = engine.load_adapter(Path(adapter_path))
+    outcomes: list[tuple[float, bool]] = []
+    try:
+        for i, (prompt, reference) in enumerate(prompts):
+            if time.monotonic() >= stop_at:
+                break
+            answers: list[str | None] = []
+            for j, member in enumerate(members):
+                messages = (Message("system", member["system_prompt"]), Message("user", prompt))
+                request = ChatRequest(
+                    messages,
+                    max_tokens=spec["eval_max_tokens"],
+                    temperature=member["temperature"],
+                    top_p=member["top_p"],
+                    seed=i * len(members) + j,
+                )
+                pieces: list[str] = []
+                engine.generate(request, pieces.append, threading.Event(), handle)
+                answers.append("".join(pieces).strip())
+            scores = vote(answers, length_weight=spec["council_length_weight"],
+                          diversity_weight=spec["council_diversity_weight"])  # fmt: skip
+            best = winner(answers, scores)
+            if best is None:  # nobody answered: the council would not have either
+                outcomes.append((-math.inf, False))
+                continue
+            outcomes.append((scores[best].score, answer_tokens(answers[best] or "") == answer_tokens(reference)))
+    finally:
+        engine.free_adapter(handle)
+    if not outcomes:
+        return None
+    return calibrate_threshold(outcomes, spec["council_max_error"])
+
+
 class BudgetTooSmall(Exception):
     """The time budget cannot fit a training run: retrying cannot help."""
 
@@ -85,6 +137,7 @@ class BudgetTooSmall(Exception):
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from spiral_common.council_vote import to_metadata
     from spiral_common.llama_engine import LlamaEngine
     from trainer_svc.lora import LoraOptions, export_gguf_lora, load_base_model, train_adapter
 
@@ -135,8 +188,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                          threads=spec.get("threads", 0), gpu_layers=0)  # fmt: skip
     new = evaluate(spec, str(out_path), engine)
     current = evaluate(spec, spec.get("current_adapter_path"), engine)
-    # Written again with its score, which the registry lists (a few seconds; the file is small).
+    emit("progress", stage="evaluate", step=result.steps, total_steps=spec["total_steps"], loss=result.losses[-1])
+    calibration = calibrate_council(spec, str(out_path), engine, stop_at=deadline - REWRITE_RESERVE_S)
+    # Written again with its score and council threshold, which the registry lists (a few seconds).
     metadata = {**spec.get("metadata", {}), "eval_score": f"{new['score']:.4f}"}
+    if calibration is not None:
+        metadata |= to_metadata(calibration)
     export_gguf_lora(result, out_path, extra_metadata=metadata)
     return {
         "steps": result.steps,
@@ -148,6 +205,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         "eval_exact_new": new["exact_match"],
         "eval_score_current": current["score"],
         "eval_exact_current": current["exact_match"],
+        "council_calibration": None if calibration is None else dataclasses.asdict(calibration),
         "adapter_path": str(out_path),
     }
 

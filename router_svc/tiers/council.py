@@ -61,6 +61,8 @@ class CouncilTier:
                 Tier.COUNCIL, winner, f"{winner.head} ({winner.score:.2f})", candidates, f"council:{winner.head}"
             )
             return
-        detail = f"best {winner.head} {winner.score:.2f} < {result.threshold}"
+        detail = f"best {winner.head} {winner.score:.2f} < {result.threshold:.2f}"
+        if winner.council_threshold is not None and result.threshold == winner.council_threshold:
+            detail += f" (calibrated for adapter {winner.adapter_version})"
         request.fallback = _result(Tier.LOCAL_FALLBACK, winner, detail, candidates)
         yield Pass(Outcome.FAILED, detail, reason="BELOW_THRESHOLD", candidates=candidates)

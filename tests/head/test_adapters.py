@@ -106,12 +106,12 @@ async def test_a_real_adapter_changes_the_answer_and_reloading_back_restores_it_
     switched = await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="latest"))
     assert (switched.version, switched.heads[0]) == ("v1", "precise") and switched.load_latency_us > 0
     taught, end = await _answer(stub)
-    assert end.adapter_version == "v1"
+    assert end.adapter_version == "v1" and end.council_threshold == 0.85  # its job's calibration, for the router
     assert "pineapple" in taught.lower() and "pineapple" not in original.lower()
     back = await stub.LoadAdapter(head_pb2.LoadAdapterRequest(version="none"))
     assert back.previous_version == "v1"
     restored, end = await _answer(stub)
-    assert restored == original and end.adapter_version == ""
+    assert restored == original and end.adapter_version == "" and not end.HasField("council_threshold")
 
 
 async def test_a_canary_only_reload_leaves_main_on_its_adapter(head):

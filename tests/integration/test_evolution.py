@@ -71,6 +71,7 @@ def test_evolution_once_publishes_an_adapter_that_changes_the_canary_answer(plat
     assert run.returncode == 0, run.stdout + run.stderr
     assert "train, step" in run.stdout  # progress was streamed
     assert "sent to the canary heads" in run.stdout
+    assert "council threshold: " in run.stdout  # the job calibrated the new adapter's council
 
     after, version = canary_answer(platform, SECRET)
     assert version != before_version and version.startswith("distill-")

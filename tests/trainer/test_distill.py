@@ -6,6 +6,7 @@ does it on the real mesh."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -14,6 +15,7 @@ from spiral_common.budget import BudgetLedger, Scope
 from spiral_common.config import ConfigError, load_settings
 from spiral_common.enums import Tier
 from spiral_common.model_files import file_sha256
+from spiral_common.specs import load_heads
 from spiral_common.traffic import TrafficLog
 from tests.helpers import logged_exchange
 from trainer_svc.dataset import build_dataset
@@ -68,7 +70,7 @@ async def log_traffic(redis_client, prefix, pairs, *, tier=Tier.CLOUD):
         await traffic.append(logged_exchange(prompt, answer, tier=tier))
 
 
-def make_runner(settings, redis_client, model_path, publisher):
+def make_runner(settings, redis_client, model_path, publisher, council=None):
     ledger = BudgetLedger(
         redis_client, prefix=settings.redis.redis_prefix, pool_usd_micros=settings.budget.daily_pool_usd_micros,
         reservation_ttl_s=settings.budget.budget_reservation_ttl_s,
@@ -76,7 +78,14 @@ def make_runner(settings, redis_client, model_path, publisher):
     registry = AdapterRegistry(settings.adapters_path, file_sha256(model_path))
     heads = ["You are a precise assistant. Answer accurately and factually; say so when you do not know."]
     runner = DistillRunner(
-        settings, redis_client, ledger, registry, publisher, model_path=model_path, system_prompts=heads
+        settings,
+        redis_client,
+        ledger,
+        registry,
+        publisher,
+        model_path=model_path,
+        system_prompts=heads,
+        council=council,
     )
     return runner, ledger, registry
 
@@ -95,7 +104,8 @@ async def test_a_job_trains_exports_evaluates_and_publishes_a_better_adapter(
     settings = settings_for(prefix, tmp_path, distill_max_steps=10, distill_epochs=1000, distill_time_budget_s=900)
     await log_traffic(redis_client, prefix, [(p, ANSWER) for p in SECRET_PROMPTS])
     publisher = RecordingPublisher()
-    runner, ledger, registry = make_runner(settings, redis_client, model_path, publisher)
+    council = [h for h in load_heads("deploy/heads.json") if h.name in ("precise", "concise")]
+    runner, ledger, registry = make_runner(settings, redis_client, model_path, publisher, council)
     queue, worker = make_worker(settings, redis_client, runner)
     job, _ = await queue.submit("distill")
     stages = []
@@ -114,6 +124,11 @@ async def test_a_job_trains_exports_evaluates_and_publishes_a_better_adapter(
     assert result["published"] and publisher.published == [result["adapter_version"]]
     info = registry.info(result["adapter_version"])  # registered, checked against the base model
     assert info.job_id == job.job_id and info.eval_score == pytest.approx(result["eval_score_new"], abs=1e-3)
+    # The council of two answered every held-out prompt with the new adapter; the threshold it earned (with two
+    # held-out prompts, too few to trust any: never) travels in the adapter's file.
+    calibration = result["council_calibration"]
+    assert calibration["prompts"] == result["heldout_examples"] and calibration["max_error"] == 0.02
+    assert info.council is not None and info.council.threshold == calibration["threshold"] == math.inf
     assert result["network_isolated"]  # this machine allows a network namespace
     for stage in ("dataset", "train", "export", "evaluate", "publish"):
         assert stage in stages

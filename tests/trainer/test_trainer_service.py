@@ -103,6 +103,9 @@ async def test_list_adapters_shows_the_registry(trainer, taught_adapter):
     (taught,) = adapters
     assert taught.job_id == "job-42" and taught.eval_score == pytest.approx(0.91)
     assert taught.size_bytes == taught_adapter[1].stat().st_size and len(taught.base_model_sha256) == 64
+    calibration = taught.council_calibration  # what its job measured of its council
+    assert (calibration.threshold, calibration.prompts, calibration.max_error) == (0.85, 150, 0.02)
+    assert calibration.coverage == pytest.approx(90 / 150) and calibration.precision == pytest.approx(89 / 90)
 
 
 async def test_the_scheduler_runs_distillation_nightly_and_mining_every_six_hours(redis_client, prefix, tmp_path):

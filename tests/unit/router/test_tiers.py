@@ -220,3 +220,29 @@ async def test_an_answer_is_cached_only_under_the_adapter_that_produced_it():
         cascade, _, cache = _cascade(CacheMiss(Tier.CACHE, None), council)
         await cascade.answer(_chat(), "r")
         assert len(cache.stored) == stored
+
+
+class AgreeingHeads:
+    """Heads that all give the same answer, from an adapter calibrated to `threshold` (None: not calibrated)."""
+
+    def __init__(self, threshold: float | None) -> None:
+        self.threshold = threshold
+
+    async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
+        from router_svc.heads_client import HeadDone, HeadText
+
+        yield HeadText("card_arrival")
+        yield HeadDone("stop", 10, 2, head, "distill-1", self.threshold)
+
+
+@pytest.mark.parametrize(("calibrated", "answered_by"), [(None, Tier.COUNCIL), (0.9, Tier.COUNCIL),
+                                                         (float("inf"), Tier.CLOUD)])  # fmt: skip
+async def test_an_adapter_whose_job_trusted_no_threshold_defers_to_the_cloud(calibrated, answered_by):
+    council = Council(AgreeingHeads(calibrated), ["a", "b"], deadline_s=5, threshold=0.3, length_weight=0.2,  # type: ignore[arg-type]
+                      diversity_weight=0.1)  # fmt: skip
+    cloud = FakeTier(Tier.CLOUD, TierResult(Tier.CLOUD, "card_arrival", "stop", teacher="p"))
+    cascade, _, _ = _cascade(CouncilTier(council, RouterMetrics(CollectorRegistry())), cloud)
+    answer = await cascade.answer(_chat(), "r")
+    assert answer.trace.tier is answered_by
+    if answered_by is Tier.CLOUD:
+        assert "calibrated for adapter distill-1" in answer.trace.steps[0].detail

@@ -38,3 +38,13 @@ def test_score_combines_the_terms_with_their_weights():
 def test_failed_and_empty_candidates_take_no_part():
     scored = vote("Paris.", "", "Paris.", errors=("", "", "HEAD_BUSY"))
     assert [c.score for c in scored] == [0.0, 0.0, 0.0]  # one real answer leaves no agreement to measure
+
+
+def test_an_adapter_s_calibrated_threshold_raises_the_bar_and_never_lowers_it():
+    from router_svc.council import threshold_for
+
+    assert threshold_for(0.3, None) == 0.3
+    assert threshold_for(0.3, Candidate("h", "x", 0)) == 0.3  # not calibrated
+    assert threshold_for(0.3, Candidate("h", "x", 0, council_threshold=0.9)) == 0.9
+    assert threshold_for(0.3, Candidate("h", "x", 0, council_threshold=0.1)) == 0.3
+    assert threshold_for(0.3, Candidate("h", "x", 0, council_threshold=float("inf"))) == float("inf")

@@ -26,7 +26,7 @@ from spiral.common.v1 import chat_pb2 as spiral_dot_common_dot_v1_dot_chat__pb2
 from spiral.common.v1 import track_pb2 as spiral_dot_common_dot_v1_dot_track__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19spiral/head/v1/head.proto\x12\x0espiral.head.v1\x1a\x1bspiral/common/v1/chat.proto\x1a\x1cspiral/common/v1/track.proto\"\x93\x01\n\x0fGenerateRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x03 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05track\x18\x04 \x01(\t\"w\n\x10GenerateResponse\x12.\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1d.spiral.head.v1.GenerateDeltaH\x00\x12*\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1b.spiral.head.v1.GenerateEndH\x00\x42\x07\n\x05\x65vent\"\x1d\n\rGenerateDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xcd\x01\n\x0bGenerateEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x04 \x01(\t\x12\x1e\n\x16\x66irst_token_latency_us\x18\x05 \x01(\x03\x12\x18\n\x10total_latency_us\x18\x06 \x01(\x03\"\x14\n\x12GetHeadInfoRequest\"U\n\tBaseModel\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ontext_tokens\x18\x04 \x01(\x05\"\xa5\x01\n\nHeadStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.spiral.head.v1.LoadState\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x1e\n\x16\x63\x61nary_adapter_version\x18\x06 \x01(\t\"\xaf\x01\n\x13GetHeadInfoResponse\x12-\n\nbase_model\x18\x01 \x01(\x0b\x32\x19.spiral.head.v1.BaseModel\x12)\n\x05heads\x18\x02 \x03(\x0b\x32\x1a.spiral.head.v1.HeadStatus\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\x05\x12\x1d\n\x15resident_memory_bytes\x18\x04 \x01(\x03\"u\n\x12LoadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05heads\x18\x02 \x03(\t\x12\x17\n\x0b\x63\x61nary_only\x18\x03 \x01(\x08\x42\x02\x18\x01\x12&\n\x05track\x18\x04 \x01(\x0e\x32\x17.spiral.common.v1.Track\"h\n\x13LoadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05heads\x18\x02 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x03 \x01(\x03\x12\x18\n\x10previous_version\x18\x04 \x01(\t*l\n\tLoadState\x12\x1a\n\x16LOAD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOAD_STATE_LOADING\x10\x01\x12\x14\n\x10LOAD_STATE_READY\x10\x02\x12\x15\n\x11LOAD_STATE_FAILED\x10\x03\x32\x8e\x02\n\x0bHeadService\x12O\n\x08Generate\x12\x1f.spiral.head.v1.GenerateRequest\x1a .spiral.head.v1.GenerateResponse0\x01\x12V\n\x0bGetHeadInfo\x12\".spiral.head.v1.GetHeadInfoRequest\x1a#.spiral.head.v1.GetHeadInfoResponse\x12V\n\x0bLoadAdapter\x12\".spiral.head.v1.LoadAdapterRequest\x1a#.spiral.head.v1.LoadAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19spiral/head/v1/head.proto\x12\x0espiral.head.v1\x1a\x1bspiral/common/v1/chat.proto\x1a\x1cspiral/common/v1/track.proto\"\x93\x01\n\x0fGenerateRequest\x12\x0c\n\x04head\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.spiral.common.v1.ChatMessage\x12\x32\n\x06params\x18\x03 \x01(\x0b\x32\".spiral.common.v1.GenerationParams\x12\r\n\x05track\x18\x04 \x01(\t\"w\n\x10GenerateResponse\x12.\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1d.spiral.head.v1.GenerateDeltaH\x00\x12*\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1b.spiral.head.v1.GenerateEndH\x00\x42\x07\n\x05\x65vent\"\x1d\n\rGenerateDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x83\x02\n\x0bGenerateEnd\x12\x35\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x1e.spiral.common.v1.FinishReason\x12&\n\x05usage\x18\x02 \x01(\x0b\x32\x17.spiral.common.v1.Usage\x12\x0c\n\x04head\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x04 \x01(\t\x12\x1e\n\x16\x66irst_token_latency_us\x18\x05 \x01(\x03\x12\x18\n\x10total_latency_us\x18\x06 \x01(\x03\x12\x1e\n\x11\x63ouncil_threshold\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x14\n\x12_council_threshold\"\x14\n\x12GetHeadInfoRequest\"U\n\tBaseModel\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ontext_tokens\x18\x04 \x01(\x05\"\xa5\x01\n\nHeadStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.spiral.head.v1.LoadState\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x1e\n\x16\x63\x61nary_adapter_version\x18\x06 \x01(\t\"\xaf\x01\n\x13GetHeadInfoResponse\x12-\n\nbase_model\x18\x01 \x01(\x0b\x32\x19.spiral.head.v1.BaseModel\x12)\n\x05heads\x18\x02 \x03(\x0b\x32\x1a.spiral.head.v1.HeadStatus\x12\x1f\n\x17max_concurrent_requests\x18\x03 \x01(\x05\x12\x1d\n\x15resident_memory_bytes\x18\x04 \x01(\x03\"u\n\x12LoadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05heads\x18\x02 \x03(\t\x12\x17\n\x0b\x63\x61nary_only\x18\x03 \x01(\x08\x42\x02\x18\x01\x12&\n\x05track\x18\x04 \x01(\x0e\x32\x17.spiral.common.v1.Track\"h\n\x13LoadAdapterResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\r\n\x05heads\x18\x02 \x03(\t\x12\x17\n\x0fload_latency_us\x18\x03 \x01(\x03\x12\x18\n\x10previous_version\x18\x04 \x01(\t*l\n\tLoadState\x12\x1a\n\x16LOAD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12LOAD_STATE_LOADING\x10\x01\x12\x14\n\x10LOAD_STATE_READY\x10\x02\x12\x15\n\x11LOAD_STATE_FAILED\x10\x03\x32\x8e\x02\n\x0bHeadService\x12O\n\x08Generate\x12\x1f.spiral.head.v1.GenerateRequest\x1a .spiral.head.v1.GenerateResponse0\x01\x12V\n\x0bGetHeadInfo\x12\".spiral.head.v1.GetHeadInfoRequest\x1a#.spiral.head.v1.GetHeadInfoResponse\x12V\n\x0bLoadAdapter\x12\".spiral.head.v1.LoadAdapterRequest\x1a#.spiral.head.v1.LoadAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LOADADAPTERREQUEST'].fields_by_name['canary_only']._loaded_options = None
   _globals['_LOADADAPTERREQUEST'].fields_by_name['canary_only']._serialized_options = b'\030\001'
-  _globals['_LOADSTATE']._serialized_start=1294
-  _globals['_LOADSTATE']._serialized_end=1402
+  _globals['_LOADSTATE']._serialized_start=1348
+  _globals['_LOADSTATE']._serialized_end=1456
   _globals['_GENERATEREQUEST']._serialized_start=105
   _globals['_GENERATEREQUEST']._serialized_end=252
   _globals['_GENERATERESPONSE']._serialized_start=254
@@ -44,19 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEDELTA']._serialized_start=375
   _globals['_GENERATEDELTA']._serialized_end=404
   _globals['_GENERATEEND']._serialized_start=407
-  _globals['_GENERATEEND']._serialized_end=612
-  _globals['_GETHEADINFOREQUEST']._serialized_start=614
-  _globals['_GETHEADINFOREQUEST']._serialized_end=634
-  _globals['_BASEMODEL']._serialized_start=636
-  _globals['_BASEMODEL']._serialized_end=721
-  _globals['_HEADSTATUS']._serialized_start=724
-  _globals['_HEADSTATUS']._serialized_end=889
-  _globals['_GETHEADINFORESPONSE']._serialized_start=892
-  _globals['_GETHEADINFORESPONSE']._serialized_end=1067
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1069
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1186
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1188
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1292
-  _globals['_HEADSERVICE']._serialized_start=1405
-  _globals['_HEADSERVICE']._serialized_end=1675
+  _globals['_GENERATEEND']._serialized_end=666
+  _globals['_GETHEADINFOREQUEST']._serialized_start=668
+  _globals['_GETHEADINFOREQUEST']._serialized_end=688
+  _globals['_BASEMODEL']._serialized_start=690
+  _globals['_BASEMODEL']._serialized_end=775
+  _globals['_HEADSTATUS']._serialized_start=778
+  _globals['_HEADSTATUS']._serialized_end=943
+  _globals['_GETHEADINFORESPONSE']._serialized_start=946
+  _globals['_GETHEADINFORESPONSE']._serialized_end=1121
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1123
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1240
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1242
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1346
+  _globals['_HEADSERVICE']._serialized_start=1459
+  _globals['_HEADSERVICE']._serialized_end=1729
 # @@protoc_insertion_point(module_scope)

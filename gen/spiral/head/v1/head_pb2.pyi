@@ -47,20 +47,22 @@ class GenerateDelta(_message.Message):
     def __init__(self, text: _Optional[str] = ...) -> None: ...
 
 class GenerateEnd(_message.Message):
-    __slots__ = ("finish_reason", "usage", "head", "adapter_version", "first_token_latency_us", "total_latency_us")
+    __slots__ = ("finish_reason", "usage", "head", "adapter_version", "first_token_latency_us", "total_latency_us", "council_threshold")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
     TOTAL_LATENCY_US_FIELD_NUMBER: _ClassVar[int]
+    COUNCIL_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     finish_reason: _chat_pb2.FinishReason
     usage: _chat_pb2.Usage
     head: str
     adapter_version: str
     first_token_latency_us: int
     total_latency_us: int
-    def __init__(self, finish_reason: _Optional[_Union[_chat_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., head: _Optional[str] = ..., adapter_version: _Optional[str] = ..., first_token_latency_us: _Optional[int] = ..., total_latency_us: _Optional[int] = ...) -> None: ...
+    council_threshold: float
+    def __init__(self, finish_reason: _Optional[_Union[_chat_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_chat_pb2.Usage, _Mapping]] = ..., head: _Optional[str] = ..., adapter_version: _Optional[str] = ..., first_token_latency_us: _Optional[int] = ..., total_latency_us: _Optional[int] = ..., council_threshold: _Optional[float] = ...) -> None: ...
 
 class GetHeadInfoRequest(_message.Message):
     __slots__ = ()

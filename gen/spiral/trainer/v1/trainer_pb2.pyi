@@ -66,20 +66,36 @@ class JobProgress(_message.Message):
     def __init__(self, stage: _Optional[_Union[JobStage, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., eta_ms: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("adapter_version", "eval_score_new", "eval_score_current", "published", "cost_usd_micros", "duration_ms")
+    __slots__ = ("adapter_version", "eval_score_new", "eval_score_current", "published", "cost_usd_micros", "duration_ms", "council_calibration")
     ADAPTER_VERSION_FIELD_NUMBER: _ClassVar[int]
     EVAL_SCORE_NEW_FIELD_NUMBER: _ClassVar[int]
     EVAL_SCORE_CURRENT_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     COST_USD_MICROS_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    COUNCIL_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     adapter_version: str
     eval_score_new: float
     eval_score_current: float
     published: bool
     cost_usd_micros: int
     duration_ms: int
-    def __init__(self, adapter_version: _Optional[str] = ..., eval_score_new: _Optional[float] = ..., eval_score_current: _Optional[float] = ..., published: _Optional[bool] = ..., cost_usd_micros: _Optional[int] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    council_calibration: CouncilCalibration
+    def __init__(self, adapter_version: _Optional[str] = ..., eval_score_new: _Optional[float] = ..., eval_score_current: _Optional[float] = ..., published: _Optional[bool] = ..., cost_usd_micros: _Optional[int] = ..., duration_ms: _Optional[int] = ..., council_calibration: _Optional[_Union[CouncilCalibration, _Mapping]] = ...) -> None: ...
+
+class CouncilCalibration(_message.Message):
+    __slots__ = ("threshold", "prompts", "coverage", "precision", "max_error")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    prompts: int
+    coverage: float
+    precision: float
+    max_error: float
+    def __init__(self, threshold: _Optional[float] = ..., prompts: _Optional[int] = ..., coverage: _Optional[float] = ..., precision: _Optional[float] = ..., max_error: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "kind", "state", "created_at", "started_at", "finished_at", "attempt", "error", "progress", "result")
@@ -160,20 +176,22 @@ class ListAdaptersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Adapter(_message.Message):
-    __slots__ = ("version", "base_model_sha256", "job_id", "eval_score", "created_at", "size_bytes")
+    __slots__ = ("version", "base_model_sha256", "job_id", "eval_score", "created_at", "size_bytes", "council_calibration")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EVAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COUNCIL_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     version: str
     base_model_sha256: str
     job_id: str
     eval_score: float
     created_at: _timestamp_pb2.Timestamp
     size_bytes: int
-    def __init__(self, version: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., job_id: _Optional[str] = ..., eval_score: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    council_calibration: CouncilCalibration
+    def __init__(self, version: _Optional[str] = ..., base_model_sha256: _Optional[str] = ..., job_id: _Optional[str] = ..., eval_score: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., council_calibration: _Optional[_Union[CouncilCalibration, _Mapping]] = ...) -> None: ...
 
 class ListAdaptersResponse(_message.Message):
     __slots__ = ("adapters",)
