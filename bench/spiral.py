@@ -188,8 +188,9 @@ def mine(settings: Settings, token: str) -> dict:
 
 
 def distill(settings: Settings, token: str, budget_s: int) -> dict:
-    """One distillation job, as `make evolution-once` submits it, polled to its end."""
-    with grpc.insecure_channel(str(settings.envoy.envoy_addr)) as channel:
+    """One distillation job, as `make evolution-once` submits it (through Envoy's internal listener: SubmitJob is
+    not on the public one), polled to its end."""
+    with grpc.insecure_channel(str(settings.envoy.envoy_internal_addr)) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         request = trainer_pb2.SubmitJobRequest(kind=trainer_pb2.JOB_KIND_DISTILL, time_budget_s=budget_s)
         job = stub.SubmitJob(request, metadata=bearer(token), timeout=30).job
@@ -199,7 +200,7 @@ def distill(settings: Settings, token: str, budget_s: int) -> dict:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench.spiral: job {job.job_id} not done after {budget_s + 1800} s: {describe(job)}")
             time.sleep(5)
-            job = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=30).job
+            job = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), metadata=bearer(token), timeout=30).job
             if describe(job) != last:
                 last = describe(job)
                 print(f"  {last}", flush=True)
@@ -359,7 +360,15 @@ def platform_env(run: Path, providers: Path, budget_s: int) -> dict[str, str]:
         "SPIRAL_DAILY_POOL_USD_MICROS": "100000000",  # the bill is measured, never capped
         "SPIRAL_DISTILL_MIN_RUN_S": str(min(120, budget_s)),
         "SPIRAL_DISTILL_EVAL_MAX_TOKENS": "16",  # an intent label is a few tokens
-        "SPIRAL_DISTILL_MAX_HELDOUT": "60",
+        # Enough held-out prompts for the council's calibration to mean something (48 right answers and no
+        # wrong one are the least that passes SPIRAL_COUNCIL_MAX_ERROR=0.02), 150 of them calibrated.
+        "SPIRAL_DISTILL_MAX_HELDOUT": "200",
+        # bench-distill's recipe, the best measured on this box (docs/benchmarks.md, "The nightly spiral").
+        "SPIRAL_DISTILL_LEARNING_RATE": "2e-3",
+        "SPIRAL_DISTILL_BATCH_SIZE": "8",
+        "SPIRAL_DISTILL_EPOCHS": "1",
+        "SPIRAL_DISTILL_MAX_STEPS": "100000",
+        "SPIRAL_DISTILL_TOP_LAYERS": "12",
         **free_port_env(),
     }
 

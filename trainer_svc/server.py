@@ -126,7 +126,9 @@ def create_trainer(settings: Settings, deps: TrainerDeps, *, port: int | None = 
         deps.publisher,
         model_path=deps.model_path,
         system_prompts=[h.system_prompt for h in heads],
-        council=[by_name[n] for n in council_members(settings.router.council_heads, heads)],
+        # The council to calibrate for: the routers' (SPIRAL_COUNCIL_HEADS), or every head when that is off now
+        # (e.g. while the cloud teaches): the adapter may serve a council later, and must carry a threshold then.
+        council=[by_name[n] for n in council_members(settings.router.council_heads, heads)] or heads,
     )
     gateway = f"{settings.observability.pushgateway_addr}"
 
