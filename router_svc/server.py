@@ -128,7 +128,8 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
     if len(council.members) == 1:
         tiers.append(HeadTier(deps.heads, council.members[0]))
     else:
-        tiers += [CouncilTier(council, metrics), CloudTier(cloud, metrics)]
+        council_tier = CouncilTier(council, metrics, never_recheck_s=settings.router.council_never_recheck_s)
+        tiers += [council_tier, CloudTier(cloud, metrics)]
     cascade = Cascade(
         track=track,
         tiers=tiers,

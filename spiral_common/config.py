@@ -229,6 +229,9 @@ class RouterSettings:
     # through were wrong on the job's held-out prompts; the higher of the two applies.
     council_threshold: float = field(default=0.3, metadata={"min": -1.0, "max": 2.0})
     council_max_error: float = field(default=0.02, metadata={"min": 0.001, "max": 0.5})
+    # Council tier: after the heads' answers came from an adapter calibrated never to answer, the tier is skipped
+    # for this long (seconds), then asked again (an adapter switched in meanwhile is seen by then).
+    council_never_recheck_s: float = field(default=60.0, metadata={"min": 0.0})
     council_length_weight: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})
     council_diversity_weight: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     # Deadline the router gives a head for a whole answer, seconds.

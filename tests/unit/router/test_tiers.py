@@ -246,3 +246,29 @@ async def test_an_adapter_whose_job_trusted_no_threshold_defers_to_the_cloud(cal
     assert answer.trace.tier is answered_by
     if answered_by is Tier.CLOUD:
         assert "calibrated for adapter distill-1" in answer.trace.steps[0].detail
+
+
+async def test_an_adapter_calibrated_never_is_not_asked_again_until_the_recheck():
+    class CountingHeads(AgreeingHeads):
+        calls = 0
+
+        async def generate(self, request, *, head, request_id, head_sampling=False, timeout_s=None):
+            self.calls += 1
+            async for event in super().generate(request, head=head, request_id=request_id):
+                yield event
+
+    now = [0.0]
+    heads = CountingHeads(float("inf"))
+    council = Council(heads, ["a", "b"], deadline_s=5, threshold=0.3, length_weight=0.2, diversity_weight=0.1)  # type: ignore[arg-type]
+    tier = CouncilTier(council, RouterMetrics(CollectorRegistry()), never_recheck_s=60, clock=lambda: now[0])
+    cloud = FakeTier(Tier.CLOUD, TierResult(Tier.CLOUD, "card_arrival", "stop", teacher="p"))
+    cascade, _, _ = _cascade(tier, cloud)
+    assert (await cascade.answer(_chat(), "r1")).trace.tier is Tier.CLOUD and heads.calls == 2
+    answer = await cascade.answer(_chat(), "r2")  # not asked: its answers could not stand
+    assert answer.trace.tier is Tier.CLOUD and heads.calls == 2
+    assert answer.trace.steps[0].outcome is Outcome.SKIPPED
+    assert answer.trace.steps[0].detail == "adapter distill-1 is calibrated never to answer in council"
+    now[0] = 61.0  # after the recheck, asked again; an adapter that may answer ends the skipping
+    heads.threshold = 0.9
+    assert (await cascade.answer(_chat(), "r3")).trace.tier is Tier.COUNCIL and heads.calls == 4
+    assert (await cascade.answer(_chat(), "r4")).trace.tier is Tier.COUNCIL and heads.calls == 6
