@@ -43,6 +43,7 @@ LOCAL = "local"  # the principal of a call without a key when client auth is off
 CACHE_TTL_S = 5.0  # a router trusts a key's record this long: revocation and new limits apply within it
 CACHE_MAX_ENTRIES = 10_000
 REQUESTS_TTL_S = 2 * 24 * 3600  # a day's request counts are kept two days
+DAY_S = 24 * 3600  # POSIX time has no leap seconds: a UTC day starts at a multiple of this
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODES = ("keys", "off")
 
@@ -325,13 +326,17 @@ class RequestCounts:
         self.store = store
         self.interval_s = interval_s
         self._counts: dict[tuple[str, str], int] = {}  # (day, key name) -> requests not yet in Redis
+        self._day_number, self._day = -1.0, ""
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def count(self, name: str) -> None:
         """One request of the key `name`, today (UTC)."""
-        day = (utc_day(), name)
-        self._counts[day] = self._counts.get(day, 0) + 1
+        now = time.time()
+        if now // DAY_S != self._day_number:  # the day's name is formatted once a day, not once a request
+            self._day_number, self._day = now // DAY_S, utc_day(now)
+        key = (self._day, name)
+        self._counts[key] = self._counts.get(key, 0) + 1
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._run(), name="key-request-counts")
 
