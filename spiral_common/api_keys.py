@@ -349,24 +349,30 @@ class RequestCounts:
         """Add every count so far to Redis (one pipeline); on failure the counts are kept and the error raised."""
         async with self._lock:  # one write at a time: a count is never added twice or left behind
             counts, self._counts = self._counts, {}
-            if not counts:
-                return
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for (day, name), n in counts.items():
-                        pipe.hincrby(self.store.requests_key(day), name, n)
-                    for day in {day for day, _ in counts}:
-                        pipe.expire(self.store.requests_key(day), REQUESTS_TTL_S)
-                    await pipe.execute()
-            except BaseException:
-                for key, n in counts.items():
-                    self._counts[key] = self._counts.get(key, 0) + n
-                raise
+            if counts:
+                # A caller that goes away (a cancelled ListApiKeys) does not cut the write short: counts Redis
+                # took but the caller saw fail would be kept and added again.
+                await asyncio.shield(self._write(counts))
+
+    async def _write(self, counts: dict[tuple[str, str], int]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (day, name), n in counts.items():
+                    pipe.hincrby(self.store.requests_key(day), name, n)
+                for day in {day for day, _ in counts}:
+                    pipe.expire(self.store.requests_key(day), REQUESTS_TTL_S)
+                await pipe.execute()
+        except Exception:
+            for key, n in counts.items():
+                self._counts[key] = self._counts.get(key, 0) + n
+            raise
 
     async def close(self) -> None:
         """Stop the periodic writer, then write what is left."""
         if self._writer is not None:
-            self._writer.cancel()
+            # Not in the middle of a write: one Redis applied but the writer saw cancelled would be added again.
+            async with self._lock:
+                self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None

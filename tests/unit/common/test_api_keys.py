@@ -3,6 +3,7 @@ budget scope reserved with the pool in one step (real Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -187,3 +188,24 @@ async def test_an_uncapped_key_is_counted_but_only_the_pool_limits_it(ledger):
     assert refused.value.reason == "BUDGET_EXCEEDED" and refused.value.subject == "daily_pool"
     await ledger.settle(reservation, 8_000)
     assert (await ledger.status(["key:bob"])).scopes["key:bob"] == (8_000, 0)
+
+
+async def test_closing_while_the_writer_writes_adds_every_count_once(store, redis_client):
+    counts = RequestCounts(redis_client, store, interval_s=0)  # the writer writes all the time
+    for i in range(200):
+        counts.count("gina")
+        if i % 7 == 0:
+            await asyncio.sleep(0)  # let the writer start a write now and then
+    await counts.close()
+    assert await store.requests_on(utc_day()) == {"gina": 200} and counts.pending == 0
+
+
+async def test_a_write_whose_caller_goes_away_still_adds_every_count_once(store, redis_client):
+    counts = RequestCounts(redis_client, store, interval_s=3600)
+    for _ in range(50):
+        counts.count("hana")
+    caller = asyncio.create_task(counts.flush())  # a ListApiKeys whose client then goes away
+    await asyncio.sleep(0.001)
+    caller.cancel()
+    await counts.close()
+    assert await store.requests_on(utc_day()) == {"hana": 50} and counts.pending == 0
