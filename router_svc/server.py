@@ -25,7 +25,7 @@ from router_svc.tiers.council import CouncilTier
 from router_svc.tiers.head import HeadTier
 from router_svc.tiers.pattern import PatternTier
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from spiral_common.api_keys import ApiKeyStore, ClientAuth, KeyRateLimiter
+from spiral_common.api_keys import ApiKeyStore, ClientAuth, KeyRateLimiter, RequestCounts
 from spiral_common.budget import BudgetLedger, utc_now
 from spiral_common.chat import limits_from
 from spiral_common.config import Settings
@@ -140,6 +140,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
     )
     metrics.budget_pool.set(settings.budget.daily_pool_usd_micros / 1e6)
     keys = ApiKeyStore(deps.redis, prefix=settings.redis.redis_prefix)
+    counts = RequestCounts(deps.redis, keys)
     router = RouterServicer(
         cascade,
         council,
@@ -147,7 +148,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         limits_from(settings),
         metrics,
         ClientAuth(keys, mode=settings.client_auth, admin_token=deps.admin_token),
-        KeyRateLimiter(deps.redis, keys, prefix=settings.redis.redis_prefix),
+        KeyRateLimiter(deps.redis, keys, prefix=settings.redis.redis_prefix, counts=counts),
     )
     admin = AdminServicer(
         ledger,
@@ -157,6 +158,7 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         AdapterVersions(deps.redis, prefix=settings.redis.redis_prefix, cache=deps.cache_redis),
         settings,
         keys,
+        counts,
     )
 
     def add(server):  # type: ignore[no-untyped-def]
@@ -171,5 +173,6 @@ def create_server(settings: Settings, deps: RouterDeps, *, port: int | None = No
         add_servicers=add,
         registry=registry,
     )
-    runtime.background_stops.append(traffic.close)  # on SIGTERM, after the last call: the queue is written out
+    # On SIGTERM, after the last call: the traffic queue and the keys' request counts are written out.
+    runtime.background_stops += [traffic.close, counts.close]
     return runtime

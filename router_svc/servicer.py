@@ -18,7 +18,7 @@ from router_svc.metrics import RouterMetrics
 from router_svc.tiers.base import Trace
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from spiral_common import canary
-from spiral_common.api_keys import LOCAL, ApiKey, ApiKeyStore, ClientAuth, KeyRateLimiter, utc_day
+from spiral_common.api_keys import LOCAL, ApiKey, ApiKeyStore, ClientAuth, KeyRateLimiter, RequestCounts, utc_day
 from spiral_common.auth import matches, presented_token
 from spiral_common.budget import BudgetLedger, key_scope
 from spiral_common.chat import ChatRequest, Limits, validate_chat
@@ -185,9 +185,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         adapter_versions: AdapterVersions,
         settings: Settings,
         keys: ApiKeyStore,
+        counts: RequestCounts,
     ) -> None:
         self.settings = settings
         self.keys = keys
+        self.counts = counts
         self.ledger = ledger
         self.heads = heads
         self.adapter_versions = adapter_versions
@@ -258,6 +260,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._authorize(context)
         keys = [*await self.keys.list(), ApiKey(LOCAL)]
         status = await self.ledger.status([key_scope(k.name) for k in keys])
+        await self.counts.flush()  # this router's counts of keys without a rate, so that they are exact here
         requests = await self.keys.requests_on(utc_day())
         reply = admin_pb2.ListApiKeysResponse(day=status.day)
         for key in keys:

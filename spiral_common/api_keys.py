@@ -17,8 +17,11 @@ Records carry no TTL: Redis's volatile-lru eviction can drop cache entries, neve
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -33,10 +36,14 @@ from spiral_common.budget import Scope
 from spiral_common.errors import InvalidArgument, KeyRateLimited, PermissionDenied, Unauthenticated
 from spiral_common.redis_values import as_text
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "sk-spiral-"
 LOCAL = "local"  # the principal of a call without a key when client auth is off; no key may take the name
 CACHE_TTL_S = 5.0  # a router trusts a key's record this long: revocation and new limits apply within it
 CACHE_MAX_ENTRIES = 10_000
+REQUESTS_TTL_S = 2 * 24 * 3600  # a day's request counts are kept two days
+DAY_S = 24 * 3600  # POSIX time has no leap seconds: a UTC day starts at a multiple of this
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MODES = ("keys", "off")
 
@@ -282,7 +289,8 @@ class ClientAuth:
 
 # A GCRA token bucket per key (one Redis string: the theoretical arrival time, µs), shared by both routers, and
 # the day's admitted requests per key in the same step. Redis's clock (TIME) is the one clock both routers share.
-# KEYS: the key's bucket, today's request counts. ARGV: emission interval µs (0: no limit), burst, key name.
+# KEYS: the key's bucket, today's request counts. ARGV: emission interval µs (0: no limit), burst, key name, the
+# counts' TTL (s).
 # Returns {admitted, retry_after_us}.
 _ADMIT = """
 local interval, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -295,28 +303,112 @@ if interval > 0 then
   redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('EXPIRE', KEYS[2], 172800)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 return {1, 0}
 """
+
+
+# How often a router adds the requests it counted in memory (keys without a rate) to Redis's day counts.
+COUNT_FLUSH_INTERVAL_S = 1.0
+
+
+class RequestCounts:
+    """The day's requests of keys without a rate, counted in memory and added to Redis's day counts in one
+    pipelined step every `interval_s` (off the reply path: a request costs a dict update, not a round trip).
+
+    `flush` writes what was counted so far (`ListApiKeys` calls it first, so a router's own counts are exact
+    there; another router's arrive within `interval_s`). `close` stops the writer and flushes (the router calls
+    it on SIGTERM, after its last call), so a graceful stop loses no count. Counts a failed write could not add
+    are kept for the next one."""
+
+    def __init__(self, redis: Redis, store: ApiKeyStore, *, interval_s: float = COUNT_FLUSH_INTERVAL_S) -> None:
+        self.redis = redis
+        self.store = store
+        self.interval_s = interval_s
+        self._counts: dict[tuple[str, str], int] = {}  # (day, key name) -> requests not yet in Redis
+        self._day_number, self._day = -1.0, ""
+        self._writer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def count(self, name: str) -> None:
+        """One request of the key `name`, today (UTC)."""
+        now = time.time()
+        if now // DAY_S != self._day_number:  # the day's name is formatted once a day, not once a request
+            self._day_number, self._day = now // DAY_S, utc_day(now)
+        key = (self._day, name)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="key-request-counts")
+
+    @property
+    def pending(self) -> int:
+        """Requests counted and not yet in Redis."""
+        return sum(self._counts.values())
+
+    async def flush(self) -> None:
+        """Add every count so far to Redis (one pipeline); on failure the counts are kept and the error raised."""
+        async with self._lock:  # one write at a time: a count is never added twice or left behind
+            counts, self._counts = self._counts, {}
+            if counts:
+                # A caller that goes away (a cancelled ListApiKeys) does not cut the write short: counts Redis
+                # took but the caller saw fail would be kept and added again.
+                await asyncio.shield(self._write(counts))
+
+    async def _write(self, counts: dict[tuple[str, str], int]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (day, name), n in counts.items():
+                    pipe.hincrby(self.store.requests_key(day), name, n)
+                for day in {day for day, _ in counts}:
+                    pipe.expire(self.store.requests_key(day), REQUESTS_TTL_S)
+                await pipe.execute()
+        except Exception:
+            for key, n in counts.items():
+                self._counts[key] = self._counts.get(key, 0) + n
+            raise
+
+    async def close(self) -> None:
+        """Stop the periodic writer, then write what is left."""
+        if self._writer is not None:
+            # Not in the middle of a write: one Redis applied but the writer saw cancelled would be added again.
+            async with self._lock:
+                self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.flush()
+            except Exception:  # kept for the next flush; the writer must outlive a Redis outage
+                log.warning("key request counts not written; kept for the next try", exc_info=True)
 
 
 class KeyRateLimiter:
     """Each key's request rate, enforced across both routers; and the count of each key's requests today.
 
     A Lua token bucket in the Redis every router already uses, rather than a library: it is one atomic step
-    (the check, the bucket and the day's count), it needs no new dependency, and both routers see one bucket."""
+    (the check, the bucket and the day's count), it needs no new dependency, and both routers see one bucket.
+    A key without a rate (and `local`) has nothing to check: its request is counted in memory (`counts`) and
+    costs no round trip."""
 
-    def __init__(self, redis: Redis, store: ApiKeyStore, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, store: ApiKeyStore, *, prefix: str, counts: RequestCounts | None = None) -> None:
         self.store = store
         self.bucket_prefix = f"{prefix}apikey_rate:"
+        self.counts = counts or RequestCounts(redis, store)
         self._admit = redis.register_script(_ADMIT)
 
     async def admit(self, key: ApiKey) -> None:
         """Count the request, or raise KeyRateLimited (with the time to wait) when the key is over its rate."""
-        interval_us = 1_000_000 // key.rps if key.rps else 0
+        if not key.rps:
+            self.counts.count(key.name)
+            return
         admitted, retry_us = await self._admit(
             keys=[self.bucket_prefix + key.name, self.store.requests_key(utc_day())],
-            args=[interval_us, max(key.rps, 1), key.name],
+            args=[1_000_000 // key.rps, key.rps, key.name, REQUESTS_TTL_S],
         )
         if not admitted:
             retry_after_ms = max(-(-int(retry_us) // 1000), 1)

@@ -217,6 +217,9 @@ class TrafficBounds:
 
 # Exchanges the background writer sends in one pipeline at most (one round trip each batch).
 WRITE_BATCH = 256
+# How long the writer waits after the first exchange of a batch for more to join it: without it, a router
+# answering a request at a time wrote a batch of one per answer, a round trip (and a trim) each.
+WRITE_LINGER_S = 0.005
 # A batch whose connection failed is tried again after each of these pauses, then counted as lost; a batch Redis
 # refused (out of memory, a wrong type) is counted as lost at once.
 WRITE_RETRY_S = (0.1, 0.5, 2.0)
@@ -244,6 +247,7 @@ class TrafficLog:
         bounds: TrafficBounds | None = None,
         queue_size: int = 10_000,
         on_event: Callable[[str], None] | None = None,
+        linger_s: float = WRITE_LINGER_S,
     ) -> None:
         self.redis = redis
         self.stream = stream_key(prefix)
@@ -257,6 +261,7 @@ class TrafficLog:
         self._pending: dict[str, str] = {}  # answer ids queued and not yet written, to their owners
         self._writer: asyncio.Task[None] | None = None
         self._on_event = on_event or (lambda event: None)
+        self.linger_s = linger_s
         self._average_bytes = 0.0
         self._dropped_since_log = 0
         self._last_drop_log = 0.0
@@ -296,6 +301,8 @@ class TrafficLog:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.linger_s:
+                await asyncio.sleep(self.linger_s)
             while len(batch) < WRITE_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -23,7 +23,7 @@ from router_svc.cloud import OpenAICompatibleClient
 from router_svc.server import RouterDeps, create_server
 from spiral.common.v1 import chat_pb2
 from spiral.router.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from spiral_common.api_keys import ApiKeyStore
+from spiral_common.api_keys import ApiKeyStore, utc_day
 from spiral_common.auth import bearer
 from spiral_common.config import REPO_ROOT, ConfigError, load_settings
 from spiral_common.specs import load_providers
@@ -269,3 +269,21 @@ def test_the_gateway_refuses_to_start_off_loopback_without_client_auth():
     )
     assert started.returncode == 2
     assert "not a loopback address" in started.stderr and "SPIRAL_CLIENT_AUTH=keys" in started.stderr
+
+
+async def test_requests_of_keys_without_a_rate_are_counted_in_memory_and_written_out_on_a_graceful_stop(
+    make_router, redis_client
+):
+    router = await make_router()
+    _, token = await router.store.create("gina")  # no rate: nothing to check, so no round trip per request
+    await router.stub.Orchestrate(ask(), metadata=bearer(token))  # a cloud answer, then cache hits
+    for _ in range(9):
+        await router.stub.Orchestrate(ask(), metadata=bearer(token))
+    for _ in range(3):
+        await router.stub.Orchestrate(ask())  # auth off: `local`
+    day_counts = router.store.requests_key(utc_day())
+    assert router.runtime.registry.get_sample_value("spiral_api_key_requests_total", {"api_key": "gina"}) == 10
+    await router.runtime.server.stop(None)
+    await router.runtime.stop_background()  # what SIGTERM does after the last call
+    assert await router.store.requests_on(utc_day()) == {"gina": 10, "local": 3}
+    assert 0 < await redis_client.ttl(day_counts) <= 2 * 24 * 3600

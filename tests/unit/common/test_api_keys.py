@@ -3,15 +3,21 @@ budget scope reserved with the pool in one step (real Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from spiral_common.api_keys import (
     LOCAL,
+    LOCAL_PRINCIPAL,
+    REQUESTS_TTL_S,
     ApiKeyStore,
     ClientAuth,
     KeyRateLimiter,
+    RequestCounts,
     digest,
     key_id_of,
     utc_day,
@@ -19,6 +25,7 @@ from spiral_common.api_keys import (
 from spiral_common.auth import bearer
 from spiral_common.budget import NO_LIMIT, BudgetLedger, Scope
 from spiral_common.errors import BudgetExceeded, InvalidArgument, KeyRateLimited, PermissionDenied, Unauthenticated
+from tests.helpers import free_ports, wait_until_async
 
 
 class Clock:
@@ -111,7 +118,40 @@ async def test_a_key_over_its_rate_waits_and_its_requests_are_counted(store, red
     unlimited, _ = await store.create("erin")
     for _ in range(50):
         await limiter.admit(unlimited)
+    await limiter.counts.close()  # a key without a rate is counted in memory, written out on close
     assert await store.requests_on(utc_day()) == {"dave": 2, "erin": 50}
+
+
+async def test_a_key_without_a_rate_costs_no_round_trip_and_its_counts_are_written_in_one_batch(
+    store, redis_client, prefix
+):
+    counts = RequestCounts(redis_client, store, interval_s=3600)  # no periodic write in this test
+    limiter = KeyRateLimiter(redis_client, store, prefix=prefix, counts=counts)
+    unlimited, _ = await store.create("erin")
+    for _ in range(20):
+        await limiter.admit(unlimited)
+        await limiter.admit(LOCAL_PRINCIPAL)
+    assert counts.pending == 40 and await store.requests_on(utc_day()) == {}
+    await counts.flush()
+    assert counts.pending == 0 and await store.requests_on(utc_day()) == {"erin": 20, LOCAL: 20}
+    assert 0 < await redis_client.ttl(store.requests_key(utc_day())) <= REQUESTS_TTL_S
+    await counts.close()
+
+
+async def test_counts_are_written_every_interval_and_kept_when_redis_is_down(store, redis_client):
+    down = Redis(host="127.0.0.1", port=free_ports(1)[0], socket_connect_timeout=0.5)
+    counts = RequestCounts(down, store, interval_s=0.05)
+    for _ in range(5):
+        counts.count("frank")
+    with pytest.raises(RedisError):
+        await counts.flush()
+    assert counts.pending == 5  # nothing lost: the next write adds them
+    counts.redis = redis_client
+    counts.count("frank")
+    await wait_until_async(lambda: store.requests_on(utc_day()), 5, "the periodic write")
+    assert await store.requests_on(utc_day()) == {"frank": 6} and counts.pending == 0
+    await counts.close()
+    await down.aclose()
 
 
 @pytest.fixture
@@ -148,3 +188,24 @@ async def test_an_uncapped_key_is_counted_but_only_the_pool_limits_it(ledger):
     assert refused.value.reason == "BUDGET_EXCEEDED" and refused.value.subject == "daily_pool"
     await ledger.settle(reservation, 8_000)
     assert (await ledger.status(["key:bob"])).scopes["key:bob"] == (8_000, 0)
+
+
+async def test_closing_while_the_writer_writes_adds_every_count_once(store, redis_client):
+    counts = RequestCounts(redis_client, store, interval_s=0)  # the writer writes all the time
+    for i in range(200):
+        counts.count("gina")
+        if i % 7 == 0:
+            await asyncio.sleep(0)  # let the writer start a write now and then
+    await counts.close()
+    assert await store.requests_on(utc_day()) == {"gina": 200} and counts.pending == 0
+
+
+async def test_a_write_whose_caller_goes_away_still_adds_every_count_once(store, redis_client):
+    counts = RequestCounts(redis_client, store, interval_s=3600)
+    for _ in range(50):
+        counts.count("hana")
+    caller = asyncio.create_task(counts.flush())  # a ListApiKeys whose client then goes away
+    await asyncio.sleep(0.001)
+    caller.cancel()
+    await counts.close()
+    assert await store.requests_on(utc_day()) == {"hana": 50} and counts.pending == 0

@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from deploy.platform import _redis_ping, free_ports
 from router_svc.cache import AdapterVersions, AnswerCache, CachedAnswer
-from spiral_common.api_keys import ApiKeyStore, ClientAuth, KeyRateLimiter
+from spiral_common.api_keys import ApiKeyStore, ClientAuth, KeyRateLimiter, RequestCounts
 from spiral_common.budget import BudgetLedger
 from spiral_common.chat import ChatRequest, Message
 from spiral_common.config import load_settings
@@ -134,6 +134,9 @@ async def test_each_service_does_what_its_code_does_as_its_own_user(state):
         key = await ClientAuth(keys, mode="keys").authenticate(token)
         assert key is not None and key.name == "team-a"
         await KeyRateLimiter(router, keys, prefix=PREFIX).admit(key)
+        counts = RequestCounts(router, keys)  # a key without a rate: counted in memory, written in one batch
+        counts.count("team-c")
+        await counts.close()
         await ledger.settle(await ledger.reserve(1_000, subject="cloud call", scopes=[key.scope]), 900)
         owned = logged_exchange("What is 3+3?", "6")
         await traffic.append(owned, owner="team-a")

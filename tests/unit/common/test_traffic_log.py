@@ -3,6 +3,7 @@ bounded by count, age and bytes; compact UTF-8 (real Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 
@@ -112,3 +113,21 @@ async def test_a_batch_redis_refuses_is_counted_lost_and_the_writer_goes_on(redi
     log.submit(logged_exchange("q2", "a2"))
     await log.close()
     assert await redis_client.xlen(stream_key(prefix)) == 1 and events["written"] == 1
+
+
+async def test_answers_that_come_one_at_a_time_share_a_round_trip(redis_client, prefix, monkeypatch):
+    log = _log(redis_client, prefix, Counter())
+    batches: list[int] = []
+    write = TrafficLog._write
+
+    async def counted(self, batch, owners):
+        batches.append(len(batch))
+        await write(self, batch, owners)
+
+    monkeypatch.setattr(TrafficLog, "_write", counted)
+    for i in range(20):  # one answer per turn of the event loop, as a busy router gives them
+        log.submit(logged_exchange(f"q{i}", "a"))
+        await asyncio.sleep(0.0005)
+    await log.close()
+    assert sum(batches) == 20 and len(batches) < 10, batches
+    assert await redis_client.xlen(stream_key(prefix)) == 20
