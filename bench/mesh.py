@@ -39,6 +39,11 @@ PROMPTS = [
 ]
 
 
+# A pause between samples: llama.cpp's OpenMP threads spin-wait a while after a generation ends, and a
+# sample that starts at once shares the two cores with the previous path's spinning threads.
+SETTLE_S = float(os.environ.get("BENCH_MESH_SETTLE_S", "0.1"))
+
+
 @dataclass
 class Sample:
     ttft_s: float
@@ -125,7 +130,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for prompt in PROMPTS:
                 raw.append(raw_sample(engine, system_prompt, prompt, args.max_tokens))
+                time.sleep(SETTLE_S)
                 mesh.append(mesh_sample(client, prompt, args.max_tokens, next(seeds)))
+                time.sleep(SETTLE_S)
     finally:
         platform.stop()
 
@@ -142,6 +149,10 @@ def main() -> None:
         "mesh_decode_tokens_per_s": mesh_tps,
         "mesh_over_raw_tokens_per_s": mesh_tps / raw_tps,
         "same_token_counts": [r.tokens for r in raw] == [m.tokens for m in mesh],
+        "samples": {
+            path: [{"ttft_ms": s.ttft_s * 1e3, "tokens": s.tokens, "total_ms": s.total_s * 1e3} for s in samples]
+            for path, samples in (("raw", raw), ("mesh", mesh))
+        },
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

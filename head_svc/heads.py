@@ -240,9 +240,28 @@ class HeadPool:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | Outcome | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
+        flush_interval_s = self.flush_interval_s
+        # Text is coalesced on the generation thread, not on the event loop: the first piece goes at once,
+        # then the pieces of each flush interval go in one message, and what is left goes with the outcome.
+        # The loop is woken once per message rather than once per token, and the last piece is never held
+        # back behind a timer: every wake-up is CPU that llama.cpp's threads need on a small box.
+        buffered: list[str] = []
+        last_sent = -1.0  # perf_counter of the last message handed over; < 0: nothing sent yet
 
         def emit(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, text)
+            nonlocal last_sent
+            buffered.append(text)
+            now = time.perf_counter()
+            if last_sent < 0 or now - last_sent >= flush_interval_s:
+                loop.call_soon_threadsafe(queue.put_nowait, "".join(buffered))
+                buffered.clear()
+                last_sent = now
+
+        def hand_over(item: Outcome | BaseException) -> None:
+            if buffered:
+                loop.call_soon_threadsafe(queue.put_nowait, "".join(buffered))
+                buffered.clear()
+            loop.call_soon_threadsafe(queue.put_nowait, item)
 
         adapter = self.slots[(spec.name, track)]
         handle = adapter.handle if adapter else None
@@ -256,13 +275,12 @@ class HeadPool:
                 else:
                     self.generations_run += 1
                     outcome = engine.generate(request, emit, cancelled, handle, tokens)
-                loop.call_soon_threadsafe(queue.put_nowait, outcome)
+                hand_over(outcome)
             except BaseException as exc:  # handed to the awaiting coroutine, which re-raises it
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                hand_over(exc)
 
         started = time.perf_counter()
         first_token_us = 0
-        last_flush = 0.0
         held: str | Outcome | BaseException | None = None
         self._outstanding.add(cancelled)
         if adapter:
@@ -274,19 +292,13 @@ class HeadPool:
                 if isinstance(item, str):
                     if not first_token_us:
                         first_token_us = int((time.perf_counter() - started) * 1e6)
-                    elif self.flush_interval_s:
-                        # Coalesce the tokens of one flush interval into one message: every message costs
-                        # CPU in each hop of the mesh, CPU that llama.cpp's threads need on a small box.
-                        wait = last_flush + self.flush_interval_s - loop.time()
-                        if wait > 0:
-                            await asyncio.sleep(wait)
-                        while held is None and not queue.empty():
-                            more = queue.get_nowait()
-                            if isinstance(more, str):
-                                item += more
-                            else:
-                                held = more
-                    last_flush = loop.time()
+                    # A reader slower than the interval finds several messages waiting: one Delta for them all.
+                    while held is None and not queue.empty():
+                        more = queue.get_nowait()
+                        if isinstance(more, str):
+                            item += more
+                        else:
+                            held = more
                     yield Delta(item)
                 elif isinstance(item, Outcome):
                     total_us = int((time.perf_counter() - started) * 1e6)
