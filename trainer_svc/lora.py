@@ -195,6 +195,20 @@ def _collate(examples: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def answer_loss(causal_lm: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The causal LM's mean cross-entropy over the answer tokens, with the vocabulary projection on those alone.
+
+    The same number as transformers' `model(**batch).loss` (labels shifted by one, IGNORE_INDEX skipped, the mean
+    over the tokens that count), but the LM head (576 x 49,152 for SmolLM2-135M, about a fifth of a token's
+    FLOPs) and its softmax run on the answer positions only, not on the prompt's, which carry no loss.
+    """
+    hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    counted = targets != IGNORE_INDEX
+    logits = causal_lm.lm_head(hidden[:, :-1][counted])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[counted])
+
+
 def _batches(n_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
     """Example indices, batch after batch, forever: each epoch shows every example once, in a fresh order."""
     while True:
@@ -255,7 +269,7 @@ def train_adapter(
                 for group in optimizer.param_groups:
                     group["lr"] = options.learning_rate * _lr_factor(options, step, elapsed)
                 batch = _collate([examples[i] for i in indices], pad_id)
-                loss = peft_model(**{k: v.to(device) for k, v in batch.items()}).loss
+                loss = answer_loss(peft_model.get_base_model(), {k: v.to(device) for k, v in batch.items()})
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()

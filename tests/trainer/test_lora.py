@@ -18,6 +18,9 @@ from trainer_svc.lora import (
     BASE_SHA256_KEY,
     LLAMA_CPP_TENSOR_NAMES,
     LoraOptions,
+    _collate,
+    answer_loss,
+    encode_pair,
     export_gguf_lora,
     load_base_model,
     permute_for_gguf,
@@ -99,6 +102,34 @@ def test_llama_cpp_applies_exactly_the_delta_peft_trained(model_path, float_base
                 assert not torch.allclose(file_weight, hf_weight, atol=1e-5), hf_name
     finally:
         float_base.model = peft_model.unload()
+
+
+def test_the_answer_only_loss_is_the_models_own_loss_and_its_gradient(float_base):
+    """The LM head on the answer positions alone gives transformers' loss over the whole sequence, and the same
+    gradient, on a batch whose rows differ in length (padding) and in how much of each is prompt."""
+    model, tokenizer = float_base.model, float_base.tokenizer
+    examples = [
+        encode_pair(tokenizer, prompt, answer, system)
+        for (prompt, answer), system in zip(
+            PAIRS[:3], ("Be brief.", None, "You answer in one word, and only ever in one word."), strict=True
+        )
+    ]
+    batch = _collate(examples, tokenizer.pad_token_id or 0)
+    assert len({len(ids) for ids, _ in examples}) > 1
+
+    weight = model.model.norm.weight  # the last weight before the LM head (earlier tests froze the base)
+    was = weight.requires_grad
+    weight.requires_grad_(True)
+    try:
+        ours = answer_loss(model, batch)
+        (ours_grad,) = torch.autograd.grad(ours, weight)
+        theirs = model(**batch).loss
+        (theirs_grad,) = torch.autograd.grad(theirs, weight)
+    finally:
+        weight.requires_grad_(was)
+
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (ours.item(), theirs.item())
+    assert torch.allclose(ours_grad, theirs_grad, rtol=1e-4, atol=1e-6)
 
 
 def test_time_budget_stops_training_between_steps(float_base):
