@@ -209,11 +209,23 @@ def answer_loss(causal_lm: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tens
     return torch.nn.functional.cross_entropy(logits.float(), targets[counted])
 
 
-def _batches(n_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """Example indices, batch after batch, forever: each epoch shows every example once, in a fresh order."""
+BUCKET_POOL_BATCHES = 32  # batches drawn together and cut by length (banking77: 1.33 -> 1.02 tokens padded per real)
+
+
+def _batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Example indices, batch after batch, forever: each epoch shows every example once, in a fresh order.
+
+    Length-bucketed: each pool of BUCKET_POOL_BATCHES random batches' worth of examples is sorted by length and
+    cut into batches, and the epoch's batches are shuffled, so a batch pads to little more than its own rows.
+    """
+    pool = batch_size * BUCKET_POOL_BATCHES
     while True:
-        order = torch.randperm(n_examples, generator=generator).tolist()
-        yield from (order[i : i + batch_size] for i in range(0, n_examples, batch_size))
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        batches: list[list[int]] = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start : start + pool], key=lengths.__getitem__)
+            batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+        yield from (batches[i] for i in torch.randperm(len(batches), generator=generator).tolist())
 
 
 def train_adapter(
@@ -259,7 +271,9 @@ def train_adapter(
             trainable = [p for p in peft_model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(trainable, lr=options.learning_rate, weight_decay=0.0)
             peft_model.train()
-            batches = itertools.islice(_batches(len(examples), options.batch_size, order), options.max_steps)
+            batches = itertools.islice(
+                _batches([len(ids) for ids, _ in examples], options.batch_size, order), options.max_steps
+            )
             started = clock()
             for step, indices in enumerate(batches, start=1):
                 elapsed = clock() - started

@@ -18,6 +18,7 @@ from trainer_svc.lora import (
     BASE_SHA256_KEY,
     LLAMA_CPP_TENSOR_NAMES,
     LoraOptions,
+    _batches,
     _collate,
     answer_loss,
     encode_pair,
@@ -130,6 +131,18 @@ def test_the_answer_only_loss_is_the_models_own_loss_and_its_gradient(float_base
 
     assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (ours.item(), theirs.item())
     assert torch.allclose(ours_grad, theirs_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_batches_cover_every_example_once_an_epoch_and_pad_little():
+    lengths = [30 + (i * 37) % 100 for i in range(1000)]
+    batches = _batches(lengths, 8, torch.Generator().manual_seed(0))
+    epochs = [list(itertools.islice(batches, 125)) for _ in range(2)]
+
+    for epoch in epochs:
+        assert sorted(i for batch in epoch for i in batch) == list(range(1000))
+    assert epochs[0] != epochs[1]  # a fresh order each epoch
+    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in epochs[0])
+    assert padded < 1.05 * sum(lengths)  # random batches of 8 would pad these to about 1.5x
 
 
 def test_time_budget_stops_training_between_steps(float_base):
