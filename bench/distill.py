@@ -203,7 +203,7 @@ if __name__ == "__main__":
     parser.add_argument("--budget-s", type=int, default=900, help="the job's wall-clock budget")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=2.0, help="passes at most; the budget ends the run first")
     parser.add_argument("--top-layers", type=int, default=12)
     parser.add_argument("--quantization", choices=("nf4", "none"), default="nf4")
     parser.add_argument("--seed", type=int, default=0)
