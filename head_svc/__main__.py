@@ -16,10 +16,10 @@ from head_svc.serving_sync import converge, follow
 from spiral.head.v1 import head_pb2
 from spiral_common import redis_access
 from spiral_common.adapters import AdapterRegistry
-from spiral_common.config import ConfigError, load_settings
+from spiral_common.config import ConfigError, Settings, load_settings
 from spiral_common.enums import BOTH_TRACKS
 from spiral_common.errors import SpiralError
-from spiral_common.grpc_service import serve_until_signalled, service_registry, start_metrics_server
+from spiral_common.grpc_service import run_event_loop, serve_until_signalled, service_registry, start_metrics_server
 from spiral_common.llama_engine import LlamaEngine
 from spiral_common.logs import configure_logging
 from spiral_common.model_files import file_sha256, resolve_model_path
@@ -29,8 +29,7 @@ from spiral_common.specs import secret
 log = logging.getLogger("head_svc")
 
 
-async def main() -> None:
-    settings = load_settings()
+async def main(settings: Settings) -> None:
     configure_logging("head", settings.log_level)
     model_path = resolve_model_path(settings.head.model_path)
     base_model = head_pb2.BaseModel(
@@ -112,7 +111,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main())
+        settings = load_settings()
+        run_event_loop(main(settings), settings.event_loop)
     except (ConfigError, SpiralError, memory.MemoryCapExceeded) as exc:
         print(f"head_svc: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 from miner_svc.server import MinerDeps, create_server
 from spiral_common import redis_access
-from spiral_common.config import ConfigError, load_settings
+from spiral_common.config import ConfigError, Settings, load_settings
 from spiral_common.embedding import SentenceEncoder, single_threaded_blas
-from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
+from spiral_common.grpc_service import run_event_loop, serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 
 
-async def main() -> None:
-    settings = load_settings()
+async def main(settings: Settings) -> None:
     configure_logging("miner", settings.log_level)
     single_threaded_blas()  # MatchPrompt; and mining shares the box with the routers and the heads
     redis = redis_access.connect(settings, "miner")
@@ -33,7 +31,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main())
+        settings = load_settings()
+        run_event_loop(main(settings), settings.event_loop)
     except ConfigError as exc:
         print(f"miner_svc: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -12,18 +11,17 @@ from router_svc.cloud import OpenAICompatibleClient
 from router_svc.heads_client import GrpcHeadClient
 from router_svc.server import RouterDeps, create_server
 from spiral_common import redis_access
-from spiral_common.config import ConfigError, load_settings
+from spiral_common.config import ConfigError, Settings, load_settings
 from spiral_common.embedding import single_threaded_blas
 from spiral_common.enums import Track
-from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
+from spiral_common.grpc_service import run_event_loop, serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 from spiral_common.specs import load_providers, secret
 
 log = logging.getLogger("router_svc")
 
 
-async def main() -> None:
-    settings = load_settings()
+async def main(settings: Settings) -> None:
     configure_logging(f"router-{settings.router.track}", settings.log_level)
     single_threaded_blas()  # the pattern tier's matching: see the function
     providers = load_providers(settings.cloud.cloud_providers_file)
@@ -71,7 +69,8 @@ async def main() -> None:
 
 if __name__ == "__main__":
     try:
-        asyncio.run(main())
+        settings = load_settings()
+        run_event_loop(main(settings), settings.event_loop)
     except ConfigError as exc:
         print(f"router_svc: {exc}", file=sys.stderr)
         sys.exit(2)

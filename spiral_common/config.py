@@ -57,6 +57,7 @@ _CHOICES = {
     "distill_quantization": ("nf4", "none"),
     "distill_lr_schedule": ("cosine", "constant"),
     "client_auth": ("keys", "off"),
+    "event_loop": ("uvloop", "asyncio"),
     "head_adapter_source": ("registry", "trainer"),
 }
 # The variables this version replaced: a profile or environment still setting one fails loudly.
@@ -489,6 +490,9 @@ class Settings:
     # needs a client API key (`make api-key`); "off", a request without one runs as the principal "local" (a
     # request with one still gets its key's limits). The gateway refuses to start off loopback with "off".
     client_auth: str = "off"
+    # The asyncio event loop of the gRPC services (router, heads, trainer, miner): "uvloop" (libuv's loop, the
+    # default) or "asyncio" (the standard library's). The gateway's uvicorn picks uvloop on its own.
+    event_loop: str = "uvloop"
 
     redis: RedisSettings = field(default_factory=RedisSettings)
     envoy: EnvoySettings = field(default_factory=EnvoySettings)

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,6 +298,18 @@ def build_server(
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     return ServiceRuntime(server, bound, health_servicer, registry, names)
+
+
+def run_event_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
+    """Run a service's main coroutine to its end on the event loop SPIRAL_EVENT_LOOP names: "uvloop" (libuv's
+    loop; its callbacks, sockets and timers cost less CPU than the standard library's, which the router's
+    Redis client and gRPC callbacks spend on every answer) or "asyncio"."""
+    if kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def start_metrics_server(registry: CollectorRegistry, host: str, port: int) -> None:

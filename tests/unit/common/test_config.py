@@ -46,6 +46,7 @@ def test_environment_overrides_the_profile():
         ({"SPIRAL_PATTERN_MAX_ERROR": "0"}, "SPIRAL_PATTERN_MAX_ERROR"),
         ({"SPIRAL_PATTERN_MAX_ERROR": "1"}, "SPIRAL_PATTERN_MAX_ERROR"),
         ({"SPIRAL_MINER_TARGET_PRECISION": "0.975"}, "SPIRAL_PATTERN_MAX_ERROR"),  # replaced: says by what
+        ({"SPIRAL_EVENT_LOOP": "trio"}, "SPIRAL_EVENT_LOOP"),
     ],
 )
 def test_bad_value_names_the_variable(env, variable):
