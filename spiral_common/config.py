@@ -490,8 +490,10 @@ class Settings:
     # needs a client API key (`make api-key`); "off", a request without one runs as the principal "local" (a
     # request with one still gets its key's limits). The gateway refuses to start off loopback with "off".
     client_auth: str = "off"
-    # The asyncio event loop of the gRPC services (router, heads, trainer, miner): "uvloop" (libuv's loop, the
-    # default) or "asyncio" (the standard library's). The gateway's uvicorn picks uvloop on its own.
+    # The asyncio event loop of the routers, the heads and the miner: "uvloop" (libuv's loop, the default) or
+    # "asyncio" (the standard library's). The gateway's uvicorn picks uvloop on its own. The trainer keeps the
+    # standard library's: its training child is spawned in a process group of its own (process_group=0, no
+    # Python between fork and exec), which uvloop's subprocesses do not offer, and its loop is on no hot path.
     event_loop: str = "uvloop"
 
     redis: RedisSettings = field(default_factory=RedisSettings)

@@ -303,7 +303,8 @@ def build_server(
 def run_event_loop(main: Coroutine[Any, Any, None], kind: str) -> None:
     """Run a service's main coroutine to its end on the event loop SPIRAL_EVENT_LOOP names: "uvloop" (libuv's
     loop; its callbacks, sockets and timers cost less CPU than the standard library's, which the router's
-    Redis client and gRPC callbacks spend on every answer) or "asyncio"."""
+    Redis client and gRPC callbacks spend on every answer) or "asyncio". uvloop's subprocesses take no
+    `process_group`: a service that spawns children that way (the trainer) stays on asyncio.run."""
     if kind == "uvloop":
         import uvloop
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from spiral_common import redis_access
-from spiral_common.config import ConfigError, Settings, load_settings
-from spiral_common.grpc_service import run_event_loop, serve_until_signalled, start_metrics_server
+from spiral_common.config import ConfigError, load_settings
+from spiral_common.grpc_service import serve_until_signalled, start_metrics_server
 from spiral_common.logs import configure_logging
 from spiral_common.model_files import resolve_model_path
 from spiral_common.specs import secret
@@ -14,7 +15,8 @@ from trainer_svc.publish import AdminPublisher
 from trainer_svc.server import TrainerDeps, create_trainer
 
 
-async def main(settings: Settings) -> None:
+async def main() -> None:
+    settings = load_settings()
     configure_logging("trainer", settings.log_level)
     redis = redis_access.connect(settings, "trainer")
     publisher = AdminPublisher(settings.envoy.envoy_internal_addr, secret("SPIRAL_ADMIN_TOKEN"))
@@ -40,8 +42,7 @@ async def main(settings: Settings) -> None:
 
 if __name__ == "__main__":
     try:
-        settings = load_settings()
-        run_event_loop(main(settings), settings.event_loop)
+        asyncio.run(main())
     except ConfigError as exc:
         print(f"trainer_svc: {exc}", file=sys.stderr)
         sys.exit(2)
