@@ -27,21 +27,25 @@ fi
 # portable build (AVX2, FMA, F16C; no AVX-512, no AMX): a -march=native build on a CPU with AMX (Intel Xeon 4th
 # generation and later) crashes in ggml's AMX matrix multiply at the first prompt (ggml-org/llama.cpp#20824,
 # open), and pip's own wheel cache would hand that build back whatever CMAKE_ARGS said. SPIRAL_LLAMA_CMAKE_ARGS
-# picks others (CUDA: "-DGGML_CUDA=on -DGGML_NATIVE=off").
-llama_flags="${SPIRAL_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=off}"
+# picks others (CUDA: "-DGGML_CUDA=on -DGGML_NATIVE=off"); a later bootstrap without it keeps the flags this
+# .venv was built with (.venv/.llama-cpp-build: the wheel's folder, then the flags), so a CUDA build survives.
+built_dir="" built_flags=""
+[ -f .venv/.llama-cpp-build ] && { read -r built_dir; read -r built_flags; } <.venv/.llama-cpp-build || true
+llama_flags="${SPIRAL_LLAMA_CMAKE_ARGS:-${built_flags:--DGGML_NATIVE=off}}"
 llama_version=$(sed -n 's/^llama_cpp_python==//p' constraints.txt)
 llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/spiral/llama-cpp-python/$llama_version-$(printf %s "$llama_flags" | sha256sum | cut -c1-12)"
-if [ "$(cat .venv/.llama-cpp-build 2>/dev/null)" != "$llama_wheels" ]; then
+if [ "$built_dir" != "$llama_wheels" ]; then
   if ! compgen -G "$llama_wheels/llama_cpp_python-*.whl" >/dev/null; then
     echo "bootstrap: compiling llama-cpp-python $llama_version with $llama_flags (~5 min on 2 cores, once)"
-    rm -rf "$llama_wheels.partial"
+    mkdir -p "$(dirname "$llama_wheels")"
+    partial=$(mktemp -d "$llama_wheels.partial.XXXXXX")  # its own: another checkout may be compiling too
     CMAKE_ARGS="$llama_flags" .venv/bin/pip wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
-      -w "$llama_wheels.partial" "llama-cpp-python==$llama_version" 2> >(grep -v "^WARNING: Location 'file:" >&2)
-    mv "$llama_wheels.partial" "$llama_wheels"
+      -w "$partial" "llama-cpp-python==$llama_version" 2> >(grep -v "^WARNING: Location 'file:" >&2)
+    mv -T "$partial" "$llama_wheels" 2>/dev/null || rm -rf "$partial"  # another finished first: keep its wheel
   fi
   .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt --force-reinstall --no-deps \
     "$llama_wheels"/llama_cpp_python-*.whl
-  echo "$llama_wheels" >.venv/.llama-cpp-build
+  printf '%s\n%s\n' "$llama_wheels" "$llama_flags" >.venv/.llama-cpp-build
 fi
 echo "bootstrap: installing Python packages"
 .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[all,dev]' 2>&1 \
