@@ -351,8 +351,17 @@ class RequestCounts:
             counts, self._counts = self._counts, {}
             if counts:
                 # A caller that goes away (a cancelled ListApiKeys) does not cut the write short: counts Redis
-                # took but the caller saw fail would be kept and added again.
-                await asyncio.shield(self._write(counts))
+                # took but the caller saw fail would be kept and added again. Nor does it let go of the lock
+                # before the write ends: a close() right after it would find nothing left and return while the
+                # counts were still on their way (a stop could lose them).
+                write = asyncio.ensure_future(self._write(counts))
+                try:
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    await asyncio.wait([write])
+                    if not write.cancelled():
+                        write.exception()  # retrieved: a failed write kept its counts, the caller is gone
+                    raise
 
     async def _write(self, counts: dict[tuple[str, str], int]) -> None:
         try:
